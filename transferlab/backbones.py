@@ -1,0 +1,200 @@
+"""Torchvision backbones: build by name, load weights (named, local file or checkpoint), cut off the classifier."""
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
+
+from transferlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+
+
+@dataclass
+class Backbone:
+    """A feature extractor and what the head needs to know about it."""
+
+    network: nn.Module  # the torchvision model with its classifier replaced by nn.Identity
+    num_features: int  # width of the features it returns
+    head_state: dict[str, torch.Tensor] | None = None  # a transferlab checkpoint's head, when reusable
+
+
+def classification_models() -> list[str]:
+    """Names of every torchvision classification model."""
+    return list_models(module=torchvision.models)
+
+
+def check_name(name: str) -> None:
+    """Fail with the valid choices when ``name`` is not a torchvision classification model."""
+    if name not in classification_models():
+        raise ConfigError(
+            f"backbone.name={name!r} is not a torchvision classification model. "
+            f"Choose one of: {', '.join(classification_models())}."
+        )
+
+
+def is_weights_file(weights: str | None) -> bool:
+    """True when ``backbone.weights`` names a local file rather than a torchvision weights name."""
+    if weights is None:
+        return False
+    return "/" in weights or "\\" in weights or weights.endswith(CHECKPOINT_SUFFIXES) or Path(weights).is_file()
+
+
+def named_weights(name: str, weights: str) -> WeightsEnum:
+    """The torchvision weights enum member called ``weights`` (e.g. DEFAULT, IMAGENET1K_V2) for ``name``."""
+    enum = get_model_weights(name)
+    try:
+        return enum[weights]
+    except KeyError:
+        valid = ["DEFAULT", *enum.__members__.keys()]
+        raise ConfigError(
+            f"backbone.weights={weights!r} is not a weights name of {name}. Choose one of "
+            f"{', '.join(dict.fromkeys(valid))}, a path to a state-dict or checkpoint file, or null "
+            "for random initialisation."
+        ) from None
+
+
+def preprocessing_weights(name: str, weights: str | None) -> WeightsEnum:
+    """The weights whose preprocessing (resize, crop, mean/std) a model built this way should use.
+
+    Named weights bring their own; random init and local files use the architecture's DEFAULT.
+    """
+    if weights is None or is_weights_file(weights):
+        return get_model_weights(name).DEFAULT
+    return named_weights(name, weights)
+
+
+def build_backbone(name: str, weights: str | None, classifier: str | None = None,
+                   class_names: list[str] | None = None) -> Backbone:
+    """Build ``name`` with ``weights`` and replace its classifier (``classifier`` attribute path) by Identity.
+
+    ``weights`` is a torchvision weights name, a path to a torchvision state dict or transferlab
+    checkpoint, or None for random init. ``class_names`` lets a checkpoint's head be reused when
+    it was trained on the same classes.
+    """
+    check_name(name)
+    if weights is None:
+        model = get_model(name, weights=None)
+    elif is_weights_file(weights):
+        model = get_model(name, weights=None)
+    else:
+        model = _download_pretrained(name, named_weights(name, weights))
+    path = classifier or _last_linear(model, name)
+    num_features = _classifier_width(model, path, name)
+    model.set_submodule(path, nn.Identity())
+    head_state = _load_file(model, Path(weights).expanduser(), name, path, class_names) if is_weights_file(weights) else None
+    return Backbone(network=model, num_features=num_features, head_state=head_state)
+
+
+def _download_pretrained(name: str, weights: WeightsEnum) -> nn.Module:
+    """``get_model`` with ``weights``, turning a failed download into advice on working offline."""
+    try:
+        return get_model(name, weights=weights)
+    except (URLError, OSError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "hash" not in str(error):
+            raise
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+        raise ConfigError(
+            f"Pretrained weights {weights} for backbone {name} are not in the torch hub cache and "
+            f"could not be downloaded from {weights.url} ({error}). Put that file at {cached} (copy "
+            "it from a machine with internet access; TORCH_HOME moves the cache), or set "
+            "backbone.weights=/path/to/state_dict.pth, or train from random init with "
+            "backbone.weights=null (or mode=scratch)."
+        ) from error
+
+
+def _last_linear(model: nn.Module, name: str) -> str:
+    """Attribute path of the model's final nn.Linear: the classifier of nearly every torchvision model."""
+    linears = [path for path, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ConfigError(
+            f"backbone {name} has no nn.Linear classifier to replace. Set backbone.classifier to the "
+            "attribute path of its classifier (e.g. fc, classifier, heads.head)."
+        )
+    return linears[-1]
+
+
+def _classifier_width(model: nn.Module, path: str, name: str) -> int:
+    """Input width of the classifier at ``path``: its own, or that of its first nn.Linear."""
+    try:
+        classifier = model.get_submodule(path)
+    except AttributeError:
+        raise ConfigError(f"backbone.classifier={path!r} is not a submodule of {name}.") from None
+    linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(
+            f"backbone.classifier={path!r} of {name} contains no nn.Linear layer, so its input width "
+            "is unknown. Point backbone.classifier at a linear classifier (or a block starting with one)."
+        )
+    return linears[0].in_features
+
+
+def _load_file(network: nn.Module, path: Path, name: str, classifier: str,
+               class_names: list[str] | None) -> dict[str, torch.Tensor] | None:
+    """Load a state dict or transferlab checkpoint into ``network``; return the reusable head, if any."""
+    content = _safe_load(path)
+    if isinstance(content, dict) and "state_dict" in content and "hyper_parameters" in content:
+        state = content["state_dict"]
+        backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        _load_strict(network, backbone_state, path, name)
+        same_classes = content["hyper_parameters"].get("class_names") == class_names
+        if not same_classes:
+            log.info("Checkpoint %s was trained on other classes: its head is rebuilt.", path)
+            return None
+        return {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise ConfigError(
+            f"backbone.weights={path} holds neither a state dict (name -> tensor) nor a transferlab "
+            "checkpoint. Save weights with torch.save(model.state_dict(), path)."
+        )
+    state = {k: v for k, v in content.items() if not _is_under(k, classifier)}
+    _load_strict(network, state, path, name)
+    return None
+
+
+def _safe_load(path: Path) -> object:
+    """``torch.load`` that never runs pickled code, with the failures explained."""
+    if not path.is_file():
+        raise ConfigError(
+            f"backbone.weights={path} does not exist. Give the path of a state-dict or checkpoint "
+            "file, a torchvision weights name such as DEFAULT, or null."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ConfigError(
+            f"backbone.weights={path} was refused: it holds pickled objects other than tensors "
+            f"({error}). Loading it could run arbitrary code. Re-save only the tensors with "
+            "torch.save(model.state_dict(), path) from a trusted source."
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ConfigError(
+            f"backbone.weights={path} could not be read as a PyTorch file ({error}). Is it truncated "
+            "or of another format?"
+        ) from error
+
+
+def _load_strict(network: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    """Load ``state`` into ``network`` and fail clearly when the architecture does not match."""
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        summary = str(error).split("\n\t", 1)[-1][:600]
+        raise ConfigError(
+            f"backbone.weights={path} does not fit backbone {name}: {summary}. Set backbone.name to "
+            "the architecture the file was saved from, or use a file saved from a {name} model."
+            .replace("{name}", name)
+        ) from error
+
+
+def _is_under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")

@@ -1,0 +1,114 @@
+"""The LightningModule: a torchvision backbone, a new head, cross-entropy, accuracy."""
+
+import inspect
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from transferlab.backbones import build_backbone
+from transferlab.finetuning import BACKBONE_GROUP
+from transferlab.heads import build_head
+
+MODES = ("scratch", "finetune", "feature_extract", "gradual")
+
+
+class TransferClassifier(pl.LightningModule):
+    """A classifier made of ``self.backbone`` (a torchvision model without its classifier) and ``self.head``.
+
+    Arguments are primitives, so ``TransferClassifier.load_from_checkpoint(path, weights=None)``
+    rebuilds it without Hydra or a download. ``optimizer`` and ``scheduler`` are Hydra
+    ``_target_`` configs (partials) that ``configure_optimizers`` completes with the parameters.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        class_names: list[str],
+        weights: str | None = "DEFAULT",
+        classifier: str | None = None,
+        head_hidden: list[int] | None = None,
+        head_dropout: float = 0.0,
+        mode: str = "finetune",
+        backbone_lr_ratio: float = 1.0,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        image_size: int | None = 224,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}.")
+        self.save_hyperparameters()
+        built = build_backbone(backbone, weights, classifier, class_names)
+        self.backbone = built.network
+        self.head = build_head(built.num_features, len(class_names), head_hidden or [], head_dropout)
+        if built.head_state is not None:
+            self.head.load_state_dict(built.head_state)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes=len(class_names), average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=len(class_names), average="micro")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(images)
+        if isinstance(features, tuple):  # inception/googlenet return (logits, aux_logits) in train mode
+            features = features[0]
+        return self.head(features)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.criterion(logits, labels)
+        self.train_acc(logits, labels)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.val_acc(logits, labels)
+        self.log("val/loss", self.criterion(logits, labels), on_epoch=True, batch_size=len(labels), sync_dist=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, batch_size=len(labels), prog_bar=True)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """``head`` and ``backbone`` groups of trainable parameters, with their learning-rate scale.
+
+        The backbone group exists even while the backbone is frozen (empty), except in
+        ``feature_extract`` where it never trains: see ``transferlab.finetuning``.
+        """
+        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]  # noqa: E731
+        groups = [{"name": "head", "params": trainable(self.head), "lr_scale": 1.0}]
+        if self.hparams.mode != "feature_extract":
+            groups.insert(0, {"name": BACKBONE_GROUP, "params": trainable(self.backbone),
+                              "lr_scale": self.hparams.backbone_lr_ratio})
+        return groups
+
+    def configure_optimizers(self) -> Any:
+        groups = self.param_groups()
+        optimizer_partial = instantiate(self.hparams.optimizer or {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-3})
+        base_lr = optimizer_partial.keywords["lr"]
+        for group in groups:
+            group["lr"] = base_lr * group["lr_scale"]
+        optimizer = optimizer_partial(groups)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler_config = dict(self.hparams.scheduler)
+        interval = scheduler_config.pop("interval", "epoch")
+        scheduler_partial = instantiate(scheduler_config)
+        scheduler = scheduler_partial(optimizer, **self._runtime_scheduler_args(scheduler_partial, groups))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def _runtime_scheduler_args(self, scheduler_partial: Any, groups: list[dict[str, Any]]) -> dict[str, Any]:
+        """What only the running trainer knows: OneCycle's total steps and per-group peak rates."""
+        accepted = inspect.signature(scheduler_partial.func).parameters
+        given = scheduler_partial.keywords
+        runtime: dict[str, Any] = {}
+        if "total_steps" in accepted and given.get("total_steps") is None:
+            runtime["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if "max_lr" in accepted and isinstance(given.get("max_lr"), (int, float)):
+            runtime["max_lr"] = [given["max_lr"] * group["lr_scale"] for group in groups]
+        return runtime

@@ -1,0 +1,110 @@
+"""Training entry point: ``python -m transferlab.train [group=choice ...] [key=value ...]``."""
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from transferlab.backbones import check_name, preprocessing_weights
+from transferlab.data import ImageFolderDataModule
+from transferlab.errors import ConfigError
+from transferlab.module import TransferClassifier
+from transferlab.results import RunSummary
+from transferlab.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+
+def initial_weights(cfg: DictConfig) -> str | None:
+    """The weights the backbone starts from: none in ``scratch`` mode, else ``backbone.weights``."""
+    return cfg.backbone.weights if cfg.mode.pretrained else None
+
+
+def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule:
+    """The image-folder data module, with preprocessing taken from the backbone's weights."""
+    weights = preprocessing_weights(cfg.backbone.name, initial_weights(cfg))
+    augment = instantiate(cfg.data.augment) if cfg.data.augment else []
+    download = OmegaConf.to_container(cfg.data.download, resolve=True) if cfg.data.get("download") else None
+    return ImageFolderDataModule(
+        root=cfg.data.root,
+        train_transform=train_transform(weights, cfg.data.image_size, augment),
+        eval_transform=eval_transform(weights, cfg.data.image_size),
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        val_split=cfg.data.val_split,
+        seed=cfg.seed,
+        download=download,
+        split_file=str(output_dir / "split.json"),
+    )
+
+
+def build_model(cfg: DictConfig, class_names: list[str]) -> TransferClassifier:
+    """The LightningModule, from primitives only, so checkpoints load without Hydra."""
+    container = lambda node: OmegaConf.to_container(node, resolve=True) if node is not None else None  # noqa: E731
+    return TransferClassifier(
+        backbone=cfg.backbone.name,
+        class_names=class_names,
+        weights=initial_weights(cfg),
+        classifier=cfg.backbone.get("classifier"),
+        head_hidden=list(cfg.head.hidden),
+        head_dropout=cfg.head.dropout,
+        mode=cfg.mode.name,
+        backbone_lr_ratio=cfg.mode.backbone_lr_ratio,
+        optimizer=container(cfg.optimizer),
+        scheduler=container(cfg.scheduler),
+        image_size=cfg.data.image_size,
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The configured callbacks plus the transfer mode's finetuning callback, if it has one."""
+    callbacks = [instantiate(node) for node in cfg.get("callbacks", {}).values() if node is not None]
+    if cfg.mode.get("callback"):
+        callbacks.append(instantiate(cfg.mode.callback))
+    return callbacks
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one model as ``cfg`` says and return the contents of its ``results.json``."""
+    pl.seed_everything(cfg.seed, workers=True)
+    check_name(cfg.backbone.name)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = build_datamodule(cfg, output_dir)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule.class_names)
+    summary = RunSummary(
+        output_dir / "results.json",
+        {"backbone": cfg.backbone.name, "mode": cfg.mode.name, "weights": initial_weights(cfg)},
+    )
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*build_callbacks(cfg), summary],
+                                      logger=instantiate(cfg.logger) if cfg.get("logger") else False)
+    trainer.fit(model, datamodule=datamodule)
+    results = summary.results
+    if trainer.is_global_zero:
+        log.info(
+            "Run folder %s: best val/acc %.4f at epoch %s of %d, %.1f s (%s train images/s).",
+            output_dir, results["best_val_acc"] or float("nan"), results["best_epoch"],
+            results["epochs_run"], results["train_time_s"], results["train_images_per_s"],
+        )
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns best val/acc for sweepers that optimise it."""
+    try:
+        return train(cfg)["best_val_acc"]
+    except ConfigError as error:
+        log.error("%s", error)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
