@@ -1,0 +1,357 @@
+"""Tests for transferlab.download, served from a local HTTP server on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import logging
+import socket
+import stat
+import tarfile
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from transferlab.download import DownloadError, fetch_dataset
+
+FOLDER = "hymenoptera_data"
+GOOD_FILES = {
+    f"{FOLDER}/train/ants/a.jpg": b"ant-a-bytes",
+    f"{FOLDER}/train/bees/b.jpg": b"bee-b-bytes",
+    f"{FOLDER}/val/ants/c.jpg": b"ant-c-bytes",
+}
+GOOD_FILES_ANY = next(iter(GOOD_FILES))
+PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+@dataclass
+class Server:
+    """A running local HTTP server and the paths it was asked for."""
+
+    root: Path
+    base_url: str
+    requests: list[str] = field(default_factory=list)
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Serve tmp_path/srv over HTTP on 127.0.0.1 (free port), counting requests."""
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    root = tmp_path / "srv"
+    root.mkdir()
+    requests: list[str] = []
+
+    class CountingHandler(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            super().do_GET()
+
+        def do_HEAD(self) -> None:
+            requests.append(self.path)
+            super().do_HEAD()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(CountingHandler, directory=str(root))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield Server(root, f"http://127.0.0.1:{httpd.server_address[1]}", requests)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+# ------------------------------------------------------------------ archive builders
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_zip(path: Path, files: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3  # Unix, so external_attr carries the mode
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+    return path
+
+
+def make_tar_gz(
+    path: Path, files: dict[str, bytes], symlinks: dict[str, str] | None = None
+) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in (symlinks or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tf.addfile(info)
+    return path
+
+
+def all_entries(path: Path) -> list[str]:
+    """Every file, dir and link under path (hidden ones included), relative to path."""
+    if not path.exists():
+        return []
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def assert_nothing_left(dest: Path) -> None:
+    assert all_entries(dest) == []
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_zip_download_verifies_and_extracts(server: Server, dest: Path) -> None:
+    archive = make_zip(server.root / "hymenoptera.zip", GOOD_FILES)
+
+    result = fetch_dataset(
+        server.url("hymenoptera.zip"), dest, FOLDER, sha256=sha256_of(archive), progress=False
+    )
+
+    assert result == dest / FOLDER
+    for name, data in GOOD_FILES.items():
+        assert (dest / name).read_bytes() == data
+    # Only the data-set folder remains: no archive, no temp file, no temp dir.
+    assert [p.name for p in dest.iterdir()] == [FOLDER]
+    assert server.requests == ["/hymenoptera.zip"]
+
+
+def test_second_call_makes_no_request(server: Server, dest: Path) -> None:
+    archive = make_zip(server.root / "hymenoptera.zip", GOOD_FILES)
+    url, digest = server.url("hymenoptera.zip"), sha256_of(archive)
+    first = fetch_dataset(url, dest, FOLDER, sha256=digest, progress=False)
+    assert len(server.requests) == 1
+    archive.unlink()  # a new download would now fail with 404
+
+    second = fetch_dataset(url, dest, FOLDER, sha256=digest, progress=False)
+
+    assert second == first
+    assert len(server.requests) == 1
+
+
+def test_wrong_sha256_is_refused_and_cleaned_up(server: Server, dest: Path) -> None:
+    archive = make_zip(server.root / "hymenoptera.zip", GOOD_FILES)
+    wrong = "0" * 64
+
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(server.url("hymenoptera.zip"), dest, FOLDER, sha256=wrong, progress=False)
+
+    message = str(err.value)
+    assert wrong in message
+    assert sha256_of(archive) in message
+    assert server.url("hymenoptera.zip") in message
+    assert "data.download.sha256" in message
+    assert_nothing_left(dest)
+
+
+def test_sha256_is_case_insensitive(server: Server, dest: Path) -> None:
+    archive = make_zip(server.root / "hymenoptera.zip", GOOD_FILES)
+    digest = sha256_of(archive).upper()
+    fetch_dataset(server.url("hymenoptera.zip"), dest, FOLDER, sha256=digest, progress=False)
+    assert (dest / GOOD_FILES_ANY).is_file()
+
+
+@pytest.mark.parametrize(
+    ("files", "symlinks", "bad_member"),
+    [
+        pytest.param({"../evil.txt": b"evil"}, None, "../evil.txt", id="dotdot"),
+        pytest.param(
+            {f"{FOLDER}/sub/../../../evil.txt": b"evil"}, None, "../evil.txt", id="nested-dotdot"
+        ),
+        pytest.param({"ABSOLUTE": b"evil"}, None, "ABSOLUTE", id="absolute"),
+        pytest.param(
+            {f"{FOLDER}/a.jpg": b"x"},
+            {f"{FOLDER}/link": "../../outside"},
+            "link",
+            id="symlink-out",
+        ),
+        pytest.param(
+            {f"{FOLDER}/a.jpg": b"x"},
+            {f"{FOLDER}/passwd": "/etc/passwd"},
+            "passwd",
+            id="symlink-abs",
+        ),
+    ],
+)
+def test_malicious_zip_is_refused(
+    server: Server, dest: Path, tmp_path: Path, files, symlinks, bad_member: str
+) -> None:
+    absolute = str(tmp_path / "abs.txt")
+    files = {(absolute if k == "ABSOLUTE" else k): v for k, v in files.items()}
+    bad_member = absolute if bad_member == "ABSOLUTE" else bad_member
+    make_zip(server.root / "evil.zip", files, symlinks)
+    outside_before = all_entries(tmp_path)
+
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(server.url("evil.zip"), dest, FOLDER, progress=False)
+
+    assert bad_member in str(err.value)
+    assert "Refusing" in str(err.value)
+    assert not (tmp_path / "evil.txt").exists()
+    assert not Path(absolute).exists()
+    assert_nothing_left(dest)
+    # Nothing appeared outside dest either (dest itself may have been created).
+    assert [e for e in all_entries(tmp_path) if not e.startswith("data")] == outside_before
+
+
+def test_zip_symlink_inside_is_allowed(server: Server, dest: Path) -> None:
+    make_zip(server.root / "ok.zip", GOOD_FILES, {f"{FOLDER}/alias.jpg": "train/ants/a.jpg"})
+    result = fetch_dataset(server.url("ok.zip"), dest, FOLDER, progress=False)
+    assert (result / "train/ants/a.jpg").read_bytes() == b"ant-a-bytes"
+    assert (result / "alias.jpg").exists()
+
+
+@pytest.mark.parametrize(
+    ("symlinks", "bad_member", "reason"),
+    [
+        pytest.param(
+            {f"{FOLDER}/passwd": "/etc/passwd"}, f"{FOLDER}/passwd", "absolute path", id="absolute"
+        ),
+        pytest.param({f"{FOLDER}/x": "../../x"}, f"{FOLDER}/x", "outside", id="dotdot"),
+        pytest.param(
+            # 'up' itself stays inside, but a link placed *through* it would escape.
+            {f"{FOLDER}/sub/up": "../..", f"{FOLDER}/sub/up/esc": "../outside.txt"},
+            f"{FOLDER}/sub/up/esc",
+            "goes through the symbolic link",
+            id="through-symlink",
+        ),
+    ],
+)
+def test_malicious_tar_is_refused(
+    server: Server,
+    dest: Path,
+    tmp_path: Path,
+    symlinks: dict[str, str],
+    bad_member: str,
+    reason: str,
+) -> None:
+    make_tar_gz(server.root / "evil.tar.gz", GOOD_FILES, symlinks)
+    outside_before = all_entries(tmp_path)
+
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(server.url("evil.tar.gz"), dest, FOLDER, progress=False)
+
+    assert bad_member in str(err.value)
+    assert reason in str(err.value)
+    assert_nothing_left(dest)
+    assert [e for e in all_entries(tmp_path) if not e.startswith("data")] == outside_before
+
+
+def test_good_tar_gz_is_extracted(server: Server, dest: Path) -> None:
+    archive = make_tar_gz(server.root / "ok.tgz", GOOD_FILES, {f"{FOLDER}/latest": "train"})
+
+    digest = sha256_of(archive)
+    result = fetch_dataset(server.url("ok.tgz"), dest, FOLDER, sha256=digest, progress=False)
+
+    for name, data in GOOD_FILES.items():
+        assert (dest / name).read_bytes() == data
+    assert (result / "latest").is_symlink()
+    assert (result / "latest" / "ants" / "a.jpg").read_bytes() == b"ant-a-bytes"
+    assert [p.name for p in dest.iterdir()] == [FOLDER]
+
+
+def test_archive_without_expected_folder(server: Server, dest: Path) -> None:
+    make_zip(server.root / "other.zip", {"other_data/x.txt": b"x", "readme.txt": b"hi"})
+
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(server.url("other.zip"), dest, FOLDER, progress=False)
+
+    message = str(err.value)
+    assert FOLDER in message
+    assert "other_data" in message
+    assert "readme.txt" in message
+    assert_nothing_left(dest)
+
+
+def test_not_an_archive(server: Server, dest: Path) -> None:
+    (server.root / "page.zip").write_text("<html>login required</html>")
+
+    with pytest.raises(DownloadError, match="neither a zip nor a tar"):
+        fetch_dataset(server.url("page.zip"), dest, FOLDER, progress=False)
+
+    assert_nothing_left(dest)
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_url(dest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    url = f"http://127.0.0.1:{closed_port()}/x.zip"
+
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(url, dest, FOLDER, progress=False)
+
+    message = str(err.value)
+    assert url in message
+    assert "offline" in message
+    assert "by hand" in message
+    assert str(dest / FOLDER) in message
+    assert "data.root" in message
+    assert_nothing_left(dest)
+
+
+def test_http_404(server: Server, dest: Path) -> None:
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(server.url("missing.zip"), dest, FOLDER, progress=False)
+
+    assert server.url("missing.zip") in str(err.value)
+    assert "404" in str(err.value)
+    assert_nothing_left(dest)
+
+
+def test_existing_folder_needs_no_network(dest: Path) -> None:
+    (dest / FOLDER).mkdir(parents=True)
+    url = f"http://127.0.0.1:{closed_port()}/x.zip"
+    assert fetch_dataset(url, dest, FOLDER, progress=False) == dest / FOLDER
+
+
+def test_invalid_folder_name(dest: Path) -> None:
+    with pytest.raises(DownloadError, match="single directory name"):
+        fetch_dataset("http://127.0.0.1:1/x.zip", dest, "../escape", progress=False)
+
+
+def test_missing_sha256_logs_hash(
+    server: Server, dest: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    archive = make_zip(server.root / "hymenoptera.zip", GOOD_FILES)
+    digest = sha256_of(archive)
+
+    with caplog.at_level(logging.WARNING, logger="transferlab.download"):
+        fetch_dataset(server.url("hymenoptera.zip"), dest, FOLDER, sha256=None, progress=False)
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(digest in r.getMessage() for r in warnings)
+    assert f"data.download.sha256={digest}" in caplog.text
+    assert (dest / GOOD_FILES_ANY).is_file()
