@@ -47,6 +47,7 @@ FAST = [
     "trainer.devices=1",
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
     "trainer.log_every_n_steps=1",
     "~callbacks.progress_bar",
 ]
@@ -65,3 +66,15 @@ def make_config(tmp_path: Path, image_folder: Path) -> Callable[..., DictConfig]
             )
 
     return compose_with
+
+
+@pytest.fixture(scope="session")
+def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded, randomly initialised torchvision ResNet-18 state dict: 'pretrained' weights offline."""
+    import torch
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(resnet18().state_dict(), path)
+    return path

@@ -70,8 +70,11 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return callbacks
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one model as ``cfg`` says and return the contents of its ``results.json``."""
+def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    """Train one model as ``cfg`` says and return the contents of its ``results.json``.
+
+    ``callbacks`` are added to the configured ones (for notebooks and tests that watch a run).
+    """
     pl.seed_everything(cfg.seed, workers=True)
     check_name(cfg.backbone.name)
     output_dir = Path(cfg.paths.output_dir)
@@ -83,7 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         output_dir / "results.json",
         {"backbone": cfg.backbone.name, "mode": cfg.mode.name, "weights": initial_weights(cfg)},
     )
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*build_callbacks(cfg), summary],
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*build_callbacks(cfg), summary, *(callbacks or [])],
                                       logger=instantiate(cfg.logger) if cfg.get("logger") else False)
     trainer.fit(model, datamodule=datamodule)
     results = summary.results
