@@ -1,0 +1,92 @@
+"""The image-folder data module: layouts, the carved-out val split, and errors on bad folders."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.models import ResNet18_Weights
+
+from conftest import make_image_folder
+from transferlab.data import ImageFolderDataModule, default_num_workers, stratified_split
+from transferlab.errors import ConfigError
+from transferlab.transforms import eval_transform
+
+PREPROCESS = eval_transform(ResNet18_Weights.DEFAULT, 32)
+
+
+def datamodule(root: Path, **kwargs) -> ImageFolderDataModule:
+    return ImageFolderDataModule(str(root), PREPROCESS, PREPROCESS, batch_size=4, num_workers=0, **kwargs)
+
+
+def test_train_and_val_folders_give_batches(image_folder):
+    data = datamodule(image_folder)
+    data.setup("fit")
+    assert data.class_names == ["blue", "green", "red"]
+    assert len(data.train_set) == 36 and len(data.val_set) == 36
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+    assert set(labels.tolist()) <= {0, 1, 2}
+
+
+def test_missing_val_is_carved_out_stratified_and_recorded(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=10, splits=("train",))
+    split_file = tmp_path / "run" / "split.json"
+    data = datamodule(root, val_split=0.2, seed=3, split_file=str(split_file))
+    data.setup("fit")
+
+    record = json.loads(split_file.read_text())
+    assert len(record["val"]) == 6 and len(record["train"]) == 24  # 2 of each class's 10
+    assert not set(record["val"]) & set(record["train"])
+    assert sorted(p.split("/")[0] for p in record["val"]) == ["blue"] * 2 + ["green"] * 2 + ["red"] * 2
+    assert len(data.val_set) == 6 and len(data.train_set) == 24
+
+    again = datamodule(root, val_split=0.2, seed=3, split_file=str(tmp_path / "again.json"))
+    again.setup("fit")
+    assert json.loads((tmp_path / "again.json").read_text()) == record  # seeded: the same split every time
+
+
+def test_stratified_split_keeps_one_val_image_per_class():
+    train, val = stratified_split([0, 0, 1, 1, 1, 1, 1, 1, 1, 1], 0.1, seed=0)
+    assert sorted(val) != [] and {0, 1} == {[0, 0, 1, 1, 1, 1, 1, 1, 1, 1][i] for i in val}
+    assert sorted(train + val) == list(range(10))
+
+
+def test_any_image_mode_is_converted_to_rgb(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2, splits=("train", "val"))
+    red = root / "train" / "red"
+    Image.new("L", (40, 40), 120).save(red / "gray.png")
+    Image.new("RGBA", (40, 40), (200, 0, 0, 128)).save(red / "alpha.png")
+    Image.new("CMYK", (40, 40), (0, 200, 200, 0)).save(red / "cmyk.jpg")
+    Image.new("P", (40, 40), 3).save(red / "palette.png")
+    Image.new("I;16", (40, 40), 40000).save(red / "deep.png")
+    data = datamodule(root)
+    data.setup("fit")
+    shapes = {tuple(image.shape) for image, _ in data.train_set}
+    assert shapes == {(3, 32, 32)} and len(data.train_set) == 11
+
+
+@pytest.mark.parametrize(
+    "break_folder, expected",
+    [
+        (lambda root: shutil.rmtree(root), "does not exist"),
+        (lambda root: shutil.rmtree(root / "train"), "has no train/ folder"),
+        (lambda root: [p.unlink() for p in (root / "train" / "red").iterdir()], "no images in"),
+        (lambda root: (root / "val" / "red").rename(root / "val" / "Red"), "only in val: ['Red']"),
+        (lambda root: shutil.rmtree(root / "val" / "green"), "only in train: ['green']"),
+    ],
+    ids=["missing-root", "missing-train", "empty-class", "renamed-val-class", "missing-val-class"],
+)
+def test_bad_folders_get_a_clear_error(tmp_path, break_folder, expected):
+    root = make_image_folder(tmp_path / "data", per_class=2)
+    break_folder(root)
+    with pytest.raises(ConfigError) as error:
+        datamodule(root).setup("fit")
+    assert expected in str(error.value)
+    assert str(root) in str(error.value)
+
+
+def test_num_workers_default_is_the_available_cores_capped():
+    assert 1 <= default_num_workers() <= 8

@@ -1,0 +1,91 @@
+"""What a training run leaves behind: checkpoints, results.json, TensorBoard logs; and every optimizer/scheduler."""
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from transferlab.module import TransferClassifier
+from transferlab.train import train
+
+RESULT_KEYS = {
+    "backbone", "mode", "weights", "classes", "epochs_run", "best_epoch", "best_val_acc", "best_val_loss",
+    "final_val_acc", "train_time_s", "train_images_per_s", "params_trainable", "params_total", "best_checkpoint",
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, image_folder):
+    """One finetune run of 3 epochs, shared by the tests that read what it left."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONFIG_DIR, FAST
+
+    run_dir = tmp_path_factory.mktemp("run")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            f"data.root={image_folder}", f"paths.output_dir={run_dir}", *FAST, "trainer.max_epochs=3",
+            "optimizer=adam"])
+    return run_dir, train(cfg)
+
+
+def test_results_json_has_every_figure(finished_run):
+    run_dir, returned = finished_run
+    results = json.loads((run_dir / "results.json").read_text())
+    assert RESULT_KEYS <= results.keys()
+    assert results == returned
+    assert results["backbone"] == "resnet18" and results["mode"] == "finetune" and results["weights"] is None
+    assert results["classes"] == ["blue", "green", "red"]
+    assert results["epochs_run"] == 3
+    accuracies = [epoch["val_acc"] for epoch in results["history"]]
+    assert results["best_val_acc"] == max(accuracies) and results["final_val_acc"] == accuracies[-1]
+    assert results["best_epoch"] == accuracies.index(max(accuracies))
+    assert results["best_val_loss"] == min(epoch["val_loss"] for epoch in results["history"])
+    assert results["train_images_per_s"] > 0 and results["train_time_s"] > 0
+    assert results["params_trainable"] == results["params_total"] > 11_000_000
+
+
+def test_best_and_last_checkpoints(finished_run):
+    run_dir, results = finished_run
+    best, last = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
+    assert Path(results["best_checkpoint"]) == best.resolve() and last.is_file()
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == results["best_epoch"]
+    model = TransferClassifier.load_from_checkpoint(best, map_location="cpu", weights=None)
+    assert model.hparams.class_names == ["blue", "green", "red"]
+    assert torch.equal(model.head[-1].weight, checkpoint["state_dict"]["head.0.weight"])
+
+
+def test_tensorboard_has_metrics_learning_rates_and_hyperparameters(finished_run):
+    run_dir, _ = finished_run
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= scalars
+    assert {"lr-Adam/backbone", "lr-Adam/head"} <= scalars
+    assert len(events.Scalars("val/acc")) == 3
+    hparams = (run_dir / "tensorboard" / "hparams.yaml").read_text()
+    assert "backbone: resnet18" in hparams and "batch_size: 12" in hparams
+
+
+@pytest.mark.parametrize("choice", ["optimizer=sgd", "optimizer=adam", "optimizer=adamw", "scheduler=step",
+                                    "scheduler=onecycle", "scheduler=cosine", "scheduler=none"])
+def test_every_optimizer_and_scheduler_trains(make_config, choice):
+    results = train(make_config(choice, "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+                                "+trainer.limit_val_batches=1", "~callbacks.model_checkpoint"))
+    assert results["epochs_run"] == 1
+
+
+def test_gradient_clipping_by_value_is_applied(make_config):
+    seen = []
+
+    class GradientProbe(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # after the clipped step
+            seen.append(max(p.grad.abs().max().item() for p in pl_module.parameters() if p.grad is not None))
+
+    train(make_config("trainer.max_epochs=1", "trainer.gradient_clip_val=0.001", "trainer.gradient_clip_algorithm=value",
+                      "optimizer.lr=1.0"), [GradientProbe()])
+    assert seen and max(seen) <= 0.001 + 1e-9
