@@ -1,0 +1,68 @@
+"""Every config group composes, and the experiment presets say what the classic recipes say."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from conftest import CONFIG_DIR
+
+GROUPS = ["data", "backbone", "head", "mode", "optimizer", "scheduler", "experiment"]
+
+
+def compose_preset(name: str):
+    """The config exactly as a user gets it from ``experiment=name`` (no test shrinking)."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=[f"experiment={name}"])
+
+
+CHOICES = [(group, path.stem) for group in GROUPS for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, choice", CHOICES, ids=[f"{g}={c}" for g, c in CHOICES])
+def test_every_choice_composes(make_config, group, choice):
+    cfg = make_config(f"{group}={choice}")
+    assert cfg.mode.name in {"scratch", "finetune", "feature_extract", "gradual"}
+    if cfg.scheduler is not None:
+        assert cfg.scheduler.interval in {"epoch", "step"}
+    assert callable(instantiate(cfg.optimizer))
+
+
+def test_defaults_are_the_classic_recipe(make_config):
+    cfg = make_config()
+    assert cfg.backbone.name == "resnet18" and cfg.mode.name == "finetune"
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0.9
+    assert cfg.scheduler.step_size == 7 and cfg.scheduler.gamma == 0.1
+    assert cfg.data.download.url.endswith("hymenoptera_data.zip")
+
+
+def test_resnet18_preset():
+    cfg = compose_preset("resnet18_finetune")
+    assert (cfg.backbone.name, cfg.mode.name, cfg.data.batch_size, cfg.trainer.max_epochs) == ("resnet18", "finetune", 4, 25)
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.scheduler.step_size, cfg.scheduler.gamma) == (0.001, 0.9, 7, 0.1)
+
+
+def test_vgg16_preset():
+    cfg = compose_preset("vgg16_feature_extract")
+    assert (cfg.backbone.name, cfg.backbone.classifier, cfg.mode.name) == ("vgg16", "classifier", "feature_extract")
+    assert list(cfg.head.hidden) == [4096, 4096] and cfg.head.dropout == 0.5
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-5
+
+
+def test_resnet50_preset():
+    cfg = compose_preset("resnet50_gradual")
+    assert (cfg.backbone.name, cfg.mode.name) == ("resnet50", "gradual")
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.weight_decay == 1e-4
+    assert cfg.scheduler._target_.endswith("OneCycleLR") and cfg.scheduler.max_lr == cfg.optimizer.lr
+    assert (cfg.trainer.gradient_clip_val, cfg.trainer.gradient_clip_algorithm) == (0.1, "value")
+
+
+@pytest.mark.parametrize("override, valid", [("mode=frozen", "feature_extract"), ("optimizer=rmsprop", "adamw"),
+                                             ("scheduler=plateau", "onecycle"), ("backbone=alexnet2", "vgg16")])
+def test_unknown_choice_lists_the_valid_ones(make_config, override, valid):
+    group = override.split("=")[0]
+    with pytest.raises(ConfigCompositionException) as error:
+        make_config(override)
+    assert f"Available options in '{group}'" in str(error.value) and valid in str(error.value)
