@@ -9,12 +9,16 @@ from PIL import Image
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB.
 
-    Plain ``convert("RGB")`` clips 16-bit and float images to white, so those are rescaled from
-    their own value range first.
+    Plain ``convert("RGB")`` clips 16-bit and float images to white. 16-bit images are scaled
+    from their full range (65535 -> 255) so brightness compares across images; 32-bit integer
+    and float images have no fixed range and are stretched from their own minimum to maximum.
     """
     if image.mode == "RGB":
         return image
-    if image.mode.startswith("I") or image.mode == "F":
+    if image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(values.round().astype(np.uint8), mode="L")
+    elif image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
         scale = 255.0 / (high - low) if high > low else 0.0
