@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import logging
 import socket
 import stat
 import tarfile
-import threading
 import zipfile
-from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from conftest import PROXY_VARS, Server
 from transferlab.download import DownloadError, fetch_dataset
 
 FOLDER = "hymenoptera_data"
@@ -26,52 +23,6 @@ GOOD_FILES = {
     f"{FOLDER}/val/ants/c.jpg": b"ant-c-bytes",
 }
 GOOD_FILES_ANY = next(iter(GOOD_FILES))
-PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
-
-
-@dataclass
-class Server:
-    """A running local HTTP server and the paths it was asked for."""
-
-    root: Path
-    base_url: str
-    requests: list[str] = field(default_factory=list)
-
-    def url(self, name: str) -> str:
-        return f"{self.base_url}/{name}"
-
-
-@pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Serve tmp_path/srv over HTTP on 127.0.0.1 (free port), counting requests."""
-    for var in PROXY_VARS:
-        monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "srv"
-    root.mkdir()
-    requests: list[str] = []
-
-    class CountingHandler(SimpleHTTPRequestHandler):
-        def do_GET(self) -> None:
-            requests.append(self.path)
-            super().do_GET()
-
-        def do_HEAD(self) -> None:
-            requests.append(self.path)
-            super().do_HEAD()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    handler = functools.partial(CountingHandler, directory=str(root))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
-        yield Server(root, f"http://127.0.0.1:{httpd.server_address[1]}", requests)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -1,13 +1,16 @@
 """What a training run leaves behind: checkpoints, results.json, TensorBoard logs; and every optimizer/scheduler."""
 
 import json
+import shutil
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import CONFIG_DIR, FAST
 from transferlab.module import TransferClassifier
 from transferlab.train import train
 
@@ -20,10 +23,6 @@ RESULT_KEYS = {
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, image_folder):
     """One finetune run of 3 epochs, shared by the tests that read what it left."""
-    from hydra import compose, initialize_config_dir
-
-    from conftest import CONFIG_DIR, FAST
-
     run_dir = tmp_path_factory.mktemp("run")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
@@ -89,3 +88,32 @@ def test_gradient_clipping_by_value_is_applied(make_config):
     train(make_config("trainer.max_epochs=1", "trainer.gradient_clip_val=0.001", "trainer.gradient_clip_algorithm=value",
                       "optimizer.lr=1.0"), [GradientProbe()])
     assert seen and max(seen) <= 0.001 + 1e-9
+
+
+def test_default_data_set_is_downloaded_then_trained_on(tmp_path, image_folder, server):
+    archive = shutil.make_archive(str(server.root / "hymenoptera_data"), "zip", image_folder.parent, image_folder.name)
+    Path(archive).rename(server.root / "hymenoptera_data.zip")
+    data_dir = tmp_path / "data"
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            f"paths.output_dir={tmp_path / 'run'}", f"paths.data_dir={data_dir}", *FAST, "trainer.max_epochs=1",
+            f"data.download.url={server.url('hymenoptera_data.zip')}", f"data.download.folder={image_folder.name}",
+            f"data.root={data_dir / image_folder.name}"])
+    results = train(cfg)
+    assert results["classes"] == ["blue", "green", "red"]
+    assert sorted(p.name for p in data_dir.iterdir()) == [image_folder.name]  # no archive or temp left
+    assert server.requests == ["/hymenoptera_data.zip"]
+
+
+def test_transferlab_checkpoint_is_reused_as_backbone_weights(make_config, finished_run):
+    run_dir, results = finished_run
+    probe = []
+
+    class InitialWeights(pl.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            probe.append({k: v.clone() for k, v in pl_module.state_dict().items()})
+
+    train(make_config(f"backbone.weights={results['best_checkpoint']}", "trainer.max_epochs=1"), [InitialWeights()])
+    saved = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    for key in ("backbone.conv1.weight", "backbone.layer4.1.bn2.running_var", "head.0.weight"):
+        assert torch.equal(probe[0][key], saved[key]), key  # same classes: the head is reused too
