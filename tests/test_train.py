@@ -66,6 +66,8 @@ def test_tensorboard_has_metrics_learning_rates_and_hyperparameters(finished_run
     assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= scalars
     assert {"lr-Adam/backbone", "lr-Adam/head"} <= scalars
     assert len(events.Scalars("val/acc")) == 3
+    assert {"hp/best_val_acc", "hp/best_val_loss"} <= scalars  # the HParams tab's metrics
+    assert events.PluginTagToContent("hparams")
     hparams = (run_dir / "tensorboard" / "hparams.yaml").read_text()
     assert "backbone: resnet18" in hparams and "batch_size: 12" in hparams
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,21 @@ class RunSummary(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.results = self.summarise(trainer, pl_module)
         self._write(self.results)
+        self._log_hyperparameters_with_results(trainer, pl_module)
 
     @rank_zero_only
     def _write(self, results: dict[str, Any]) -> None:
         write_json_atomically(self.path, results)
         log.info("Results written to %s", self.path)
+
+    def _log_hyperparameters_with_results(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Hyperparameters next to the run's final figures, for TensorBoard's HParams tab."""
+        metrics = {f"hp/{key}": self.results[key] for key in ("best_val_acc", "best_val_loss", "final_val_acc")
+                   if self.results[key] is not None}
+        hyperparameters = {**dict(trainer.datamodule.hparams if trainer.datamodule else {}), **dict(pl_module.hparams)}
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(hyperparameters, metrics)
 
     def summarise(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """The figures of ``results.json``; best epoch is the first with the highest val accuracy."""
