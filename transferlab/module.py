@@ -67,12 +67,14 @@ class TransferClassifier(pl.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Logs val/loss and val/acc; returns the predicted class of each image for callbacks."""
         images, labels = batch
         logits = self(images)
         self.val_acc(logits, labels)
         self.log("val/loss", self.criterion(logits, labels), on_epoch=True, batch_size=len(labels), sync_dist=True)
         self.log("val/acc", self.val_acc, on_epoch=True, batch_size=len(labels), prog_bar=True)
+        return logits.argmax(dim=1)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """``head`` and ``backbone`` groups of trainable parameters, with their learning-rate scale.

@@ -52,6 +52,10 @@ class RunSummary(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_train_clock()
+        if self.history and self.history[-1]["epoch"] == trainer.current_epoch:
+            metrics = trainer.callback_metrics
+            self.history[-1].update({key.replace("/", "_"): float(metrics[key]) for key in ("train/loss", "train/acc")
+                                     if key in metrics})
 
     def _stop_train_clock(self) -> None:
         if self._epoch_started is not None:

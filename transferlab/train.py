@@ -2,11 +2,14 @@
 
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -15,7 +18,7 @@ from transferlab.backbones import check_name, preprocessing_weights
 from transferlab.data import ImageFolderDataModule
 from transferlab.errors import ConfigError
 from transferlab.module import TransferClassifier
-from transferlab.results import RunSummary
+from transferlab.results import RunSummary, write_json_atomically
 from transferlab.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -99,14 +102,32 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     return results
 
 
+def record_failure(output_dir: Path, error: BaseException) -> None:
+    """Leave ``failure.json`` in the run folder, so a sweep report can say why this run has no results."""
+    write_json_atomically(output_dir / "failure.json", {
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": "".join(traceback.format_exception(error)),
+    })
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns best val/acc for sweepers that optimise it."""
+    """Hydra entry point; returns best val/acc for sweepers that optimise it.
+
+    In a multirun, a failed run is recorded and logged and the sweep goes on; a single run
+    exits non-zero (2 for bad input, with its message and no traceback).
+    """
     try:
         return train(cfg)["best_val_acc"]
-    except ConfigError as error:
-        log.error("%s", error)
-        sys.exit(2)
+    except Exception as error:
+        record_failure(Path(cfg.paths.output_dir), error)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.error("Run failed, the sweep goes on: %s", error, exc_info=not isinstance(error, ConfigError))
+            return None
+        if isinstance(error, ConfigError):
+            log.error("%s", error)
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":
