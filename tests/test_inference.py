@@ -1,0 +1,245 @@
+"""Inference from a checkpoint alone: predict, evaluate, export; and the checks that keep them honest."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import CONFIG_DIR, FAST, make_image_folder
+from transferlab.checkpoint import load_classifier, preprocessing
+from transferlab.errors import ConfigError
+from transferlab.evaluate import evaluate, evaluation_set
+from transferlab.evaluate import main as evaluate_main
+from transferlab.export import export_model, load_exported
+from transferlab.predict import list_images, predict_files, write_csv
+from transferlab.predict import main as predict_main
+from transferlab.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, image_folder):
+    """One short finetune run (a slow learning rate, so the best val accuracy is rarely a trivial 1.0)."""
+    run_dir = tmp_path_factory.mktemp("inference_run")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            f"data.root={image_folder}", f"paths.output_dir={run_dir}", *FAST, "trainer.max_epochs=2",
+            "optimizer=adam", "optimizer.lr=0.0001"])
+    results = train(cfg)
+    return run_dir, results, Path(results["best_checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    return load_classifier(trained[2])
+
+
+def args(**options):
+    """A command-line configuration, as the entry points receive it."""
+    return OmegaConf.create(options)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_checkpoint_loads_for_inference_with_its_training_preprocessing(trained, model):
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert model.hparams.class_names == ["blue", "green", "red"]
+    saved = torch.load(trained[2], map_location="cpu", weights_only=True)
+    assert model.hparams.weights == saved["hyper_parameters"]["weights"]  # not the None it was built with
+    assert torch.equal(model.state_dict()["backbone.conv1.weight"], saved["state_dict"]["backbone.conv1.weight"])
+    transform = preprocessing(model)
+    assert transform.crop_size == [32] and transform.resize_size == [37]  # image_size 32, ResNet's 256/224 ratio
+
+
+def test_evaluate_accuracy_on_val_is_the_runs_best_val_acc(trained, image_folder, tmp_path):
+    run_dir, results, best = trained
+    report = evaluate(args(ckpt=str(best), data={"root": str(image_folder)}, split="auto", output=None,
+                           batch_size=7, num_workers=0, device="cpu"))
+    assert report["split"] == "val" and report["num_images"] == 36
+    assert report["accuracy"] == pytest.approx(results["best_val_acc"], abs=1e-6)
+    confusion = torch.tensor(report["confusion_matrix"])
+    assert confusion.sum() == 36 and confusion.sum(dim=1).tolist() == [12, 12, 12]
+    assert confusion.diag().sum().item() / 36 == pytest.approx(report["accuracy"], abs=1e-6)
+    assert len(report["misclassified"]) == 36 - confusion.diag().sum().item()
+    for i, name in enumerate(report["classes"]):
+        row = report["per_class"][name]
+        predicted = confusion[:, i].sum().item()
+        assert row["recall"] == pytest.approx(confusion[i, i].item() / 12, abs=1e-6)
+        assert row["precision"] == pytest.approx(confusion[i, i].item() / predicted if predicted else 0.0, abs=1e-6)
+    saved = Path(report["json"])
+    assert saved == run_dir / "evaluation" / "best_val.json"
+    assert json.loads(saved.read_text())["accuracy"] == report["accuracy"]
+    assert Path(report["png"]).read_bytes().startswith(b"\x89PNG")
+
+
+def test_predict_over_val_agrees_with_best_val_acc(trained, model, image_folder, tmp_path):
+    _, results, _ = trained
+    files = list_images(image_folder / "val")
+    assert len(files) == 36
+    output = write_csv(predict_files(model, files, top_k=2, batch_size=10), tmp_path / "out" / "preds.csv")
+    rows = read_csv(output)
+    assert list(rows[0]) == ["path", "label", "score", "top_k", "error"] and len(rows) == 36
+    agree = sum(row["label"] == Path(row["path"]).parent.name for row in rows) / len(rows)
+    assert agree == pytest.approx(results["best_val_acc"], abs=1e-6)
+    for row in rows:
+        top = [(name, float(p)) for name, p in (entry.split(":") for entry in row["top_k"].split(";"))]
+        assert len(top) == 2 and top[0][0] == row["label"] and top[0][1] >= top[1][1]
+        assert top[0][1] == pytest.approx(float(row["score"]), abs=1e-4) and not row["error"]
+
+
+def test_unreadable_files_are_error_rows_not_crashes(model, image_folder, tmp_path):
+    folder = tmp_path / "mixed"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(image_folder / "val" / "red" / "000.png", folder / "good.png")
+    shutil.copy(image_folder / "val" / "blue" / "001.png", folder / "nested" / "deep.png")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(200))
+    (folder / "notes.png").write_text("not an image at all\n")
+    (folder / "readme.txt").write_text("ignored: not an image extension\n")
+    files = list_images(folder)
+    assert [f.relative_to(folder).as_posix() for f in files] == ["corrupt.jpg", "good.png", "notes.png", "nested/deep.png"]
+    rows = {Path(p.path).name: p for p in predict_files(model, files, top_k=10, batch_size=3)}
+    for bad in ("corrupt.jpg", "notes.png"):
+        assert rows[bad].error and not rows[bad].label and rows[bad].score is None, rows[bad]
+    for good in ("good.png", "deep.png"):
+        assert not rows[good].error and rows[good].label in model.hparams.class_names
+        assert len(rows[good].top_k) == 3  # top_k=10 is capped at the number of classes
+        assert sum(p for _, p in rows[good].top_k) == pytest.approx(1.0, abs=1e-5)
+    single = predict_files(model, list_images(folder / "good.png"), top_k=1)
+    assert len(single) == 1 and single[0].label == rows["good.png"].label and len(single[0].top_k) == 1
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_exported_model_gives_the_checkpoints_logits(format, trained, model, image_folder, tmp_path):
+    if format == "onnx":
+        for package in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(package, reason="ONNX export needs pip install 'transferlab[export]'")
+    path, sidecar = export_model(model, format, tmp_path / f"model.{format}", checkpoint=trained[2])
+    metadata = json.loads(sidecar.read_text())
+    transform = preprocessing(model)
+    assert metadata["class_names"] == ["blue", "green", "red"] and metadata["backbone"] == "resnet18"
+    assert metadata["input_size"] == [3, 32, 32] and metadata["resize_size"] == [37]
+    assert metadata["mean"] == pytest.approx(transform.mean) and metadata["std"] == pytest.approx(transform.std)
+    assert metadata["max_abs_diff"] < 1e-4
+    run = load_exported(format, path)
+    dataset, _, _ = evaluation_set(image_folder, "val", model.hparams.class_names, transform)
+    for indices in ([0, 13, 25, 30, 35], [7]):  # the batch axis is dynamic
+        images = torch.stack([dataset[i][0] for i in indices])
+        with torch.inference_mode():
+            expected = model(images)
+        assert run(images).shape == expected.shape
+        torch.testing.assert_close(run(images), expected, atol=1e-4, rtol=0)
+
+
+def test_checkpoint_with_pickled_code_is_refused_without_running_it(tmp_path, trained):
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    content = torch.load(trained[2], map_location="cpu", weights_only=True)
+    content["hyper_parameters"]["backbone"] = Payload()
+    evil = tmp_path / "evil.ckpt"
+    torch.save(content, evil)
+    with pytest.raises(ConfigError, match="refused") as error:
+        load_classifier(evil)
+    assert str(evil) in str(error.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [None, b"", b"PK\x03\x04 truncated", b"plain text, not a checkpoint\n"])
+def test_missing_or_corrupt_checkpoint_names_the_file(tmp_path, content):
+    path = tmp_path / "broken.ckpt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as error:
+        load_classifier(path)
+    assert str(path) in str(error.value)
+
+
+def test_plain_state_dict_is_not_taken_for_a_checkpoint(tmp_path, resnet18_weights):
+    with pytest.raises(ConfigError, match="not a transferlab checkpoint"):
+        load_classifier(resnet18_weights)
+
+
+def test_evaluate_on_a_folder_with_other_classes_fails_clearly(trained, tmp_path):
+    root = make_image_folder(tmp_path / "other", per_class=2, size=16, splits=("val",), classes=("blue", "green"))
+    with pytest.raises(ConfigError, match=r"only in the checkpoint: \['red'\]"):
+        evaluate(args(ckpt=str(trained[2]), data={"root": str(root)}, split="auto", output=str(tmp_path / "ev"),
+                      batch_size=8, num_workers=0, device="cpu"))
+
+
+def test_evaluate_prefers_test_and_falls_back_to_the_runs_held_out_split(trained, model, image_folder, tmp_path):
+    run_dir, results, best = trained
+    transform = preprocessing(model)
+    root = tmp_path / "data"
+    shutil.copytree(image_folder / "val", root / "test")
+    shutil.copytree(image_folder / "val", root / "val")
+    assert evaluation_set(root, "auto", model.hparams.class_names, transform)[1] == "test"
+    # A run without val/ records what it held out of train/ in split.json: evaluate finds it there.
+    copied_run = tmp_path / "run"
+    (copied_run / "checkpoints").mkdir(parents=True)
+    os.symlink(best, copied_run / "checkpoints" / "best.ckpt")
+    held_out = tmp_path / "held_out"
+    shutil.copytree(image_folder / "val", held_out / "train")
+    relative = sorted(str(p.relative_to(held_out / "train")) for p in (held_out / "train").rglob("*.png"))
+    (copied_run / "split.json").write_text(json.dumps({"val_split": 0.2, "seed": 42, "train": [], "val": relative}))
+    report = evaluate(args(ckpt=str(copied_run / "checkpoints" / "best.ckpt"), data={"root": str(held_out)},
+                           split="auto", output=None, batch_size=36, num_workers=0, device="cpu"))
+    assert report["split"] == "heldout" and report["num_images"] == 36
+    assert report["accuracy"] == pytest.approx(results["best_val_acc"], abs=1e-6)
+    assert (copied_run / "evaluation" / "best_heldout.json").is_file()
+
+
+def test_bad_command_lines_exit_2_with_one_paragraph(trained, capsys):
+    cases = {
+        ("input=.",): "Missing required option(s): ckpt (give each as key=value)",
+        (f"ckpt={trained[2]}", "input=.", "topk=2"): "Unknown option topk. Valid options: ckpt, input, top_k",
+        (f"ckpt={trained[2]}", "input=.", "top_k=many"): "top_k",
+        (f"ckpt={trained[2]}", "input=/no/such/folder"): "input=/no/such/folder does not exist",
+        (f"ckpt={trained[2]}", "input=.", "device=tpu"): "device='tpu'",
+    }
+    for argv, message in cases.items():
+        with pytest.raises(SystemExit) as exit:
+            predict_main(list(argv))
+        assert exit.value.code == 2
+        stderr = capsys.readouterr().err
+        assert message in stderr and "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    with pytest.raises(SystemExit):
+        evaluate_main([f"ckpt={trained[2]}", "data.rot=x"])
+    assert "Valid options: ckpt, data.root, split" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_command_lines_run_end_to_end(trained, image_folder, tmp_path):
+    run_dir, results, best = trained
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+    def run(module, *argv):
+        done = subprocess.run([sys.executable, "-m", module, *argv], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    out = run("transferlab.predict", f"ckpt={best}", f"input={image_folder / 'val'}", "top_k=2", "num_workers=0",
+              "device=cpu")
+    rows = read_csv(tmp_path / "preds.csv")  # default output: the working directory
+    assert len(rows) == 36 and "Predicted 36 image(s)" in out
+    out = run("transferlab.evaluate", f"ckpt={best}", f"data.root={image_folder}", f"output={tmp_path / 'ev'}",
+              "num_workers=0", "device=cpu")
+    assert f"accuracy {results['best_val_acc']:.4f}" in out and "confusion matrix" in out
+    assert (tmp_path / "ev" / "best_val.json").is_file() and (tmp_path / "ev" / "best_val_confusion.png").is_file()
+    out = run("transferlab.export", f"ckpt={best}", "format=torchscript")
+    assert (best.parent / "best.torchscript.pt").is_file() and (best.parent / "best.torchscript.pt.json").is_file()
