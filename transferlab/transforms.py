@@ -40,3 +40,18 @@ def train_transform(
         ]
     )
 
+
+
+def denormalize(weights: WeightsEnum) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The inverse of the weights' normalisation, ``images * std + mean``, for showing inputs as pictures.
+
+    Takes (C, H, W) or (N, C, H, W) tensors on any device; values are not clamped to [0, 1].
+    """
+    preset = weights.transforms()
+    mean = torch.tensor(preset.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(preset.std, dtype=torch.float32).view(-1, 1, 1)
+
+    def undo(images: torch.Tensor) -> torch.Tensor:
+        return images * std.to(images) + mean.to(images)
+
+    return undo
