@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
@@ -59,6 +59,27 @@ def stratified_split(targets: list[int], val_fraction: float, seed: int) -> tupl
         val += [indices[i] for i in order[:n_val]]
         train += [indices[i] for i in order[n_val:]]
     return sorted(train), sorted(val)
+
+
+class EpochShuffle(Sampler[int]):
+    """A new random order every epoch that depends only on (seed, epoch), as DistributedSampler's does.
+
+    So a resumed run sees epoch N in the same order as an uninterrupted one, whatever else
+    drew from the global random generator before it. Lightning calls ``set_epoch`` each epoch.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -167,16 +188,16 @@ class ImageFolderDataModule(pl.LightningDataModule):
         log.info("No val/ folder: held out %d images; split recorded in %s", len(val_idx), self.split_file)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, sampler=EpochShuffle(len(self.train_set), self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,

@@ -1,6 +1,7 @@
 """Training entry point: ``python -m transferlab.train [group=choice ...] [key=value ...]``."""
 
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -12,12 +13,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from transferlab.backbones import check_name, preprocessing_weights
 from transferlab.data import ImageFolderDataModule
 from transferlab.errors import ConfigError
+from transferlab.guards import FiniteLoss
 from transferlab.module import TransferClassifier
+from transferlab.resume import AtomicCheckpointIO, CheckpointOnInterrupt, RandomState, checkpoint_to_resume
 from transferlab.results import RunSummary, write_json_atomically
 from transferlab.transforms import eval_transform, train_transform
 
@@ -89,9 +93,15 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
         output_dir / "results.json",
         {"backbone": cfg.backbone.name, "mode": cfg.mode.name, "weights": initial_weights(cfg)},
     )
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*build_callbacks(cfg), summary, *(callbacks or [])],
-                                      logger=instantiate(cfg.logger) if cfg.get("logger") else False)
-    trainer.fit(model, datamodule=datamodule)
+    safety = [RandomState(), CheckpointOnInterrupt(), FiniteLoss()]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*build_callbacks(cfg), *safety, summary, *(callbacks or [])],
+                                      logger=instantiate(cfg.logger) if cfg.get("logger") else False,
+                                      plugins=[AtomicCheckpointIO()])
+    resume_from = None
+    if cfg.get("resume"):
+        resume_from = checkpoint_to_resume(cfg.callbacks.last_checkpoint.dirpath, output_dir)
+        log.info("Resuming from %s", resume_from)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     results = summary.results
     if trainer.is_global_zero:
         log.info(
@@ -119,6 +129,8 @@ def main(cfg: DictConfig) -> float | None:
     """
     try:
         return train(cfg)["best_val_acc"]
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)  # the shell's convention for "ended by SIGTERM"; last.ckpt is saved
     except Exception as error:
         record_failure(Path(cfg.paths.output_dir), error)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -1,0 +1,41 @@
+"""Callbacks that interrupt a run on cue, for the resume tests (loaded by the CLI via +callbacks.X)."""
+
+import os
+import signal
+
+import lightning.pytorch as pl
+import torch
+
+
+class KillAtEpoch(pl.Callback):
+    """SIGKILL the process when ``epoch`` starts: the previous epoch's checkpoint is on disk, nothing else."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class TerminateAtBatch(pl.Callback):
+    """Send SIGTERM to the process in the middle of ``epoch``, as a cluster pre-empting the job would."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class PoisonAtBatch(pl.Callback):
+    """Make the head's weights NaN before ``batch`` of ``epoch``, so the loss becomes NaN there."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            with torch.no_grad():
+                pl_module.head[-1].weight.fill_(float("nan"))

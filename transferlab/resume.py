@@ -1,0 +1,94 @@
+"""Losing no work: atomic checkpoint files, a checkpoint on SIGTERM/Ctrl-C, and exact resumption."""
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from transferlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it into place: a crash never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, temporary, storage_options)
+        os.replace(temporary, path)
+
+
+class RandomState(Callback):
+    """Saves the global RNG states with every checkpoint and restores them when training resumes.
+
+    With them a resumed run shuffles and augments exactly as the uninterrupted run would have.
+    Stored as tensors and tuples, so checkpoints still load with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        name, keys, position, has_gauss, cached = states["numpy"]
+        states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached)
+        return states
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore at once: Lightning loads callback states before anything draws from the generators.
+
+        (``configure_optimizers`` can already start the training data iterator, e.g. when OneCycle
+        asks for ``trainer.estimated_stepping_batches``, so a later hook would be too late.)
+        """
+        states = dict(state_dict)
+        name, keys, position, has_gauss, cached = states["numpy"]
+        states["numpy"] = (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
+        if not torch.cuda.is_available():
+            states.pop("torch.cuda", None)
+        _set_rng_states(states)
+
+
+class CheckpointOnInterrupt(Callback):
+    """On SIGTERM (cluster pre-emption) or Ctrl-C, writes ``last.ckpt`` before the process exits.
+
+    Unlike Lightning's ``OnExceptionCheckpoint``, other exceptions write nothing: a run stopped for
+    a NaN loss must keep its last good checkpoint.
+    """
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is None or checkpoint.dirpath is None:
+            return
+        path = Path(checkpoint.dirpath) / LAST
+        trainer.save_checkpoint(path)
+        log.warning("Interrupted (%s): saved %s; continue with resume=true.", type(exception).__name__, path)
+
+
+def checkpoint_to_resume(checkpoint_dir: str | Path, run_dir: str | Path) -> Path:
+    """The ``last.ckpt`` a ``resume=true`` run continues from, or a clear error when there is none."""
+    path = Path(checkpoint_dir) / LAST
+    if not path.is_file():
+        raise ConfigError(
+            f"resume=true, but there is no {path}. Resume in the folder of the interrupted run: give its "
+            f"hydra.run.dir=... (this run's folder is {run_dir}), or drop resume=true to start afresh."
+        )
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ConfigError(
+            f"resume=true, but {path} cannot be loaded safely ({type(error).__name__}: {str(error)[:300]}). "
+            "It may be truncated or hold pickled code, which is never run. Delete it to resume from an "
+            "older checkpoint copied to that name, or drop resume=true to start afresh."
+        ) from error
+    return path
