@@ -57,17 +57,19 @@ FAST = [
 ]
 
 
+def compose_config(output_dir: Path, *overrides: str) -> DictConfig:
+    """The real ``conf/train.yaml``, shrunk for tests, writing into ``output_dir``."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=[f"paths.output_dir={output_dir}", *FAST, *overrides])
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, image_folder: Path) -> Callable[..., DictConfig]:
-    """Compose the real ``conf/train.yaml`` with the test overrides, writing into ``tmp_path``."""
+    """Compose the real config on the shared image folder, writing into ``tmp_path/run``."""
 
     def compose_with(*overrides: str, data_root: Path | None = None) -> DictConfig:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return compose(
-                config_name="train",
-                overrides=[f"data.root={data_root or image_folder}", f"paths.output_dir={tmp_path / 'run'}",
-                           f"paths.data_dir={tmp_path / 'data'}", *FAST, *overrides],
-            )
+        return compose_config(tmp_path / "run", f"data.root={data_root or image_folder}",
+                              f"paths.data_dir={tmp_path / 'data'}", *overrides)
 
     return compose_with
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONFIG_DIR, FAST, make_image_folder
+from conftest import compose_config, make_image_folder
 from transferlab.checkpoint import load_classifier, preprocessing
 from transferlab.errors import ConfigError
 from transferlab.evaluate import evaluate, evaluation_set
@@ -30,11 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 def trained(tmp_path_factory, image_folder):
     """One short finetune run (a slow learning rate, so the best val accuracy is rarely a trivial 1.0)."""
     run_dir = tmp_path_factory.mktemp("inference_run")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            f"data.root={image_folder}", f"paths.output_dir={run_dir}", *FAST, "trainer.max_epochs=2",
-            "optimizer=adam", "optimizer.lr=0.0001"])
-    results = train(cfg)
+    results = train(compose_config(run_dir, f"data.root={image_folder}", "trainer.max_epochs=2",
+                                   "optimizer=adam", "optimizer.lr=0.0001"))
     return run_dir, results, Path(results["best_checkpoint"])
 
 

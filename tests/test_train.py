@@ -7,10 +7,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import CONFIG_DIR, FAST
+from conftest import compose_config
 from transferlab.module import TransferClassifier
 from transferlab.train import train
 
@@ -24,11 +23,7 @@ RESULT_KEYS = {
 def finished_run(tmp_path_factory, image_folder):
     """One finetune run of 3 epochs, shared by the tests that read what it left."""
     run_dir = tmp_path_factory.mktemp("run")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            f"data.root={image_folder}", f"paths.output_dir={run_dir}", *FAST, "trainer.max_epochs=3",
-            "optimizer=adam"])
-    return run_dir, train(cfg)
+    return run_dir, train(compose_config(run_dir, f"data.root={image_folder}", "trainer.max_epochs=3", "optimizer=adam"))
 
 
 def test_results_json_has_every_figure(finished_run):
@@ -96,12 +91,10 @@ def test_default_data_set_is_downloaded_then_trained_on(tmp_path, image_folder, 
     archive = shutil.make_archive(str(server.root / "hymenoptera_data"), "zip", image_folder.parent, image_folder.name)
     Path(archive).rename(server.root / "hymenoptera_data.zip")
     data_dir = tmp_path / "data"
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            f"paths.output_dir={tmp_path / 'run'}", f"paths.data_dir={data_dir}", *FAST, "trainer.max_epochs=1",
-            f"data.download.url={server.url('hymenoptera_data.zip')}", f"data.download.folder={image_folder.name}",
-            f"data.root={data_dir / image_folder.name}"])
-    results = train(cfg)
+    results = train(compose_config(
+        tmp_path / "run", f"paths.data_dir={data_dir}", "trainer.max_epochs=1",
+        f"data.download.url={server.url('hymenoptera_data.zip')}", f"data.download.folder={image_folder.name}",
+        f"data.root={data_dir / image_folder.name}"))
     assert results["classes"] == ["blue", "green", "red"]
     assert sorted(p.name for p in data_dir.iterdir()) == [image_folder.name]  # no archive or temp left
     assert server.requests == ["/hymenoptera_data.zip"]
