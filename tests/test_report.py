@@ -34,6 +34,10 @@ def test_a_sweep_over_the_modes_leaves_a_report_that_matches_its_runs(tmp_path, 
     cli = run_cli("-m", f"mode={','.join(MODES)}", f"data.root={image_folder}", *FAST, "trainer.max_epochs=2",
                   f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "best val/acc" in cli.stdout + cli.stderr  # each run's closing line
+    for run in (p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()):
+        assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+        assert list((run / "tensorboard").glob("events.out.tfevents.*")) and (run / "results.json").is_file()
 
     rows = read_csv(sweep_dir / "summary.csv")
     assert sorted(row["mode"] for row in rows) == sorted(MODES)
