@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
@@ -15,10 +16,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 from transferlab.download import fetch_dataset
 from transferlab.errors import ConfigError
 from transferlab.images import load_rgb
+from transferlab.scan import PIL_MAX_IMAGE_PIXELS, ScanReport, count_kinds, log_warnings, scan_dataset, write_skipped
 
 log = logging.getLogger(__name__)
 
 MAX_DEFAULT_WORKERS = 8  # beyond this, loader processes mostly compete for the same cores
+IMBALANCE_RATIO = 5  # largest / smallest class in train beyond which a warning suggests balanced weights
+ON_BAD_IMAGE = ("error", "skip")
 
 
 def default_num_workers() -> int:
@@ -46,6 +50,25 @@ def class_folders(split: Path) -> list[str]:
 
 def _has_images(folder: Path) -> bool:
     return any(has_file_allowed_extension(name, IMG_EXTENSIONS) for _, _, names in os.walk(folder) for name in names)
+
+
+class RGBLoader:
+    """``load_rgb`` under PIL's decompression-bomb limit set to ``max_pixels`` (in loader workers too)."""
+
+    def __init__(self, max_pixels: int) -> None:
+        self.max_pixels = max_pixels
+
+    def __call__(self, path: str) -> Image.Image:
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
+        return load_rgb(path)
+
+
+class ClassFolder(ImageFolder):
+    """An ImageFolder whose classes are the non-hidden sub-folders (as ``class_folders``)."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        return classes, {name: index for index, name in enumerate(classes)}
 
 
 def stratified_split(targets: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -89,6 +112,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
     file lists of both parts are written to ``split_file``. With ``download`` (a dict with ``url``,
     ``folder`` and optional ``sha256``) a missing ``root`` that is the download's target is
     downloaded first.
+
+    Before the data sets are built, every file is scanned (``transferlab.scan``): bad files stop
+    setup with one ``ConfigError`` (``on_bad_image="error"``) or are left out (``"skip"``, listed in
+    ``run_dir/skipped.txt``). The scan is cached in ``run_dir/scan.json``. ``class_counts`` holds
+    the number of training images per class.
     """
 
     def __init__(
@@ -103,9 +131,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
         download: dict | None = None,
         split_file: str | None = None,
         pin_memory: bool | None = None,
+        on_bad_image: str = "error",
+        max_image_pixels: int | None = None,
+        run_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["train_transform", "eval_transform", "split_file"])
+        if on_bad_image not in ON_BAD_IMAGE:
+            raise ConfigError(f"data.on_bad_image={on_bad_image!r} is not one of {', '.join(ON_BAD_IMAGE)}.")
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform", "split_file", "run_dir"])
         self.root = Path(root).expanduser()
         self.train_transform = train_transform
         self.eval_transform = eval_transform
@@ -116,7 +149,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.download = download
         self.split_file = Path(split_file) if split_file else None
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.on_bad_image = on_bad_image
+        self.max_image_pixels = max_image_pixels or PIL_MAX_IMAGE_PIXELS
+        self.run_dir = Path(run_dir) if run_dir else None
         self.class_names: list[str] = []
+        self.class_counts: list[int] = []
+        self.scan_report: ScanReport | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
 
@@ -134,25 +172,74 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return
         train_dir, val_dir = self._check_layout()
         self.class_names = class_folders(train_dir)
-        train_for_training = ImageFolder(str(train_dir), transform=self.train_transform, loader=load_rgb)
+        if val_dir is not None:
+            self._check_val_classes(train_dir, val_dir)
+        bad = self._scan(train_dir, val_dir)
+        Image.MAX_IMAGE_PIXELS = self.max_image_pixels  # what the scan allowed, PIL allows
+        train_for_training = self._folder(train_dir, self.train_transform, bad)
         if val_dir is None:
-            train_for_eval = ImageFolder(str(train_dir), transform=self.eval_transform, loader=load_rgb)
+            train_for_eval = self._folder(train_dir, self.eval_transform, bad)
             train_idx, val_idx = stratified_split(train_for_training.targets, self.val_split, self.seed)
             self.train_set = Subset(train_for_training, train_idx)
             self.val_set = Subset(train_for_eval, val_idx)
             self._record_split(train_for_training, train_idx, val_idx)
+            targets = [train_for_training.targets[i] for i in train_idx]
         else:
-            val_classes = class_folders(val_dir)
-            if val_classes != self.class_names:
-                raise ConfigError(
-                    f"The classes of {val_dir} differ from those of {train_dir}: only in train: "
-                    f"{sorted(set(self.class_names) - set(val_classes)) or 'none'}; only in val: "
-                    f"{sorted(set(val_classes) - set(self.class_names)) or 'none'}. Give both splits "
-                    "the same class folders (check spelling and case)."
-                )
             self.train_set = train_for_training
-            self.val_set = ImageFolder(str(val_dir), transform=self.eval_transform, loader=load_rgb)
+            self.val_set = self._folder(val_dir, self.eval_transform, bad)
+            targets = train_for_training.targets
+        if not len(self.val_set):
+            raise ConfigError(
+                f"No validation images: every class of {train_dir} has a single usable image, so "
+                f"data.val_split={self.val_split} holds none out. Add images or a val/ folder."
+            )
+        self.class_counts = [targets.count(label) for label in range(len(self.class_names))]
+        self._warn_imbalance()
         log.info("Data: %d train / %d val images, classes %s", len(self.train_set), len(self.val_set), self.class_names)
+
+    def _check_val_classes(self, train_dir: Path, val_dir: Path) -> None:
+        val_classes = class_folders(val_dir)
+        if val_classes != self.class_names:
+            raise ConfigError(
+                f"The classes of {val_dir} differ from those of {train_dir}: only in train: "
+                f"{sorted(set(self.class_names) - set(val_classes)) or 'none'}; only in val: "
+                f"{sorted(set(val_classes) - set(self.class_names)) or 'none'}. Give both splits "
+                "the same class folders (check spelling and case)."
+            )
+
+    def _scan(self, train_dir: Path, val_dir: Path | None) -> set[str]:
+        """Scan every file; stop on bad ones, or return their paths to leave out (``on_bad_image=skip``)."""
+        cache = self.run_dir / "scan.json" if self.run_dir else None
+        report = self.scan_report = scan_dataset(train_dir, val_dir, cache, self.max_image_pixels)
+        log_warnings(report)
+        if not report.problems:
+            return set()
+        if self.on_bad_image == "error":
+            raise ConfigError(report.error_message(self.root))
+        skipped = self.run_dir / "skipped.txt" if self.run_dir else None
+        if skipped:
+            write_skipped(skipped, report.problems)
+        log.warning("Skipping %d bad image file(s) (data.on_bad_image=skip): %s%s", len(report.problems),
+                    count_kinds(report.problems), f"; listed in {skipped}" if skipped else "")
+        return report.bad_paths
+
+    def _folder(self, split: Path, transform: Callable, bad: set[str]) -> ImageFolder:
+        """The split's ImageFolder without the ``bad`` files."""
+        usable = lambda path: has_file_allowed_extension(path, IMG_EXTENSIONS) and path not in bad  # noqa: E731
+        try:
+            return ClassFolder(str(split), transform=transform, loader=RGBLoader(self.max_image_pixels),
+                               is_valid_file=usable)
+        except FileNotFoundError as error:  # a class whose every image was skipped
+            raise ConfigError(f"After leaving out the bad image files of {split}: {error} "
+                              "Add usable images to that class, or remove its folder.") from error
+
+    def _warn_imbalance(self) -> None:
+        smallest, largest = min(self.class_counts), max(self.class_counts)
+        if largest > IMBALANCE_RATIO * smallest:
+            counts = ", ".join(f"{name} {count}" for name, count in zip(self.class_names, self.class_counts))
+            log.warning("Classes are imbalanced beyond 1:%d in the training images (%s); "
+                        "loss.class_weights=balanced weights the loss by inverse class frequency.",
+                        IMBALANCE_RATIO, counts)
 
     def _check_layout(self) -> tuple[Path, Path | None]:
         if not self.root.is_dir():
@@ -201,4 +288,5 @@ class ImageFolderDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
+            drop_last=False,  # a split smaller than one batch still gives a batch
         )

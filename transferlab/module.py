@@ -10,10 +10,22 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from transferlab.backbones import build_backbone
+from transferlab.errors import ConfigError
 from transferlab.finetuning import BACKBONE_GROUP
 from transferlab.heads import build_head
 
 MODES = ("scratch", "finetune", "feature_extract", "gradual")
+CLASS_WEIGHTS = ("balanced",)
+
+
+def class_weights(setting: str | None, counts: list[int]) -> list[float] | None:
+    """Loss weights per class: ``None``, or for ``"balanced"`` N / (K * count_k) (inverse frequency, mean 1 per image)."""
+    if setting is None:
+        return None
+    if setting not in CLASS_WEIGHTS:
+        raise ConfigError(f"loss.class_weights={setting!r} is not one of: null, {', '.join(CLASS_WEIGHTS)}.")
+    total, classes = sum(counts), len(counts)
+    return [total / (classes * count) for count in counts]
 
 
 class TransferClassifier(pl.LightningModule):
@@ -38,6 +50,7 @@ class TransferClassifier(pl.LightningModule):
         scheduler: dict[str, Any] | None = None,
         image_size: int | None = 224,
         label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -48,7 +61,11 @@ class TransferClassifier(pl.LightningModule):
         self.head = build_head(built.num_features, len(class_names), head_hidden or [], head_dropout)
         if built.head_state is not None:
             self.head.load_state_dict(built.head_state)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # Class weights (a buffer of the loss, so it moves with the model) apply to the training loss
+        # only; val/loss stays the plain cross-entropy, comparable between weighted and unweighted runs.
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.val_criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_acc = MulticlassAccuracy(num_classes=len(class_names), average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=len(class_names), average="micro")
 
@@ -72,7 +89,7 @@ class TransferClassifier(pl.LightningModule):
         images, labels = batch
         logits = self(images)
         self.val_acc(logits, labels)
-        self.log("val/loss", self.criterion(logits, labels), on_epoch=True, batch_size=len(labels), sync_dist=True)
+        self.log("val/loss", self.val_criterion(logits, labels), on_epoch=True, batch_size=len(labels), sync_dist=True)
         self.log("val/acc", self.val_acc, on_epoch=True, batch_size=len(labels), prog_bar=True)
         return logits.argmax(dim=1)
 

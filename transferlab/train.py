@@ -20,7 +20,7 @@ from transferlab.backbones import check_name, preprocessing_weights
 from transferlab.data import ImageFolderDataModule
 from transferlab.errors import ConfigError
 from transferlab.guards import FiniteLoss
-from transferlab.module import TransferClassifier
+from transferlab.module import TransferClassifier, class_weights
 from transferlab.resume import AtomicCheckpointIO, CheckpointOnInterrupt, RandomState, checkpoint_to_resume
 from transferlab.results import RunSummary, write_json_atomically
 from transferlab.transforms import eval_transform, train_transform
@@ -48,10 +48,13 @@ def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule
         seed=cfg.seed,
         download=download,
         split_file=str(output_dir / "split.json"),
+        on_bad_image=cfg.data.get("on_bad_image", "error"),
+        max_image_pixels=cfg.data.get("max_image_pixels"),
+        run_dir=str(output_dir),
     )
 
 
-def build_model(cfg: DictConfig, class_names: list[str]) -> TransferClassifier:
+def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int] | None = None) -> TransferClassifier:
     """The LightningModule, from primitives only, so checkpoints load without Hydra."""
     container = lambda node: OmegaConf.to_container(node, resolve=True) if node is not None else None  # noqa: E731
     return TransferClassifier(
@@ -66,6 +69,8 @@ def build_model(cfg: DictConfig, class_names: list[str]) -> TransferClassifier:
         optimizer=container(cfg.optimizer),
         scheduler=container(cfg.scheduler),
         image_size=cfg.data.image_size,
+        label_smoothing=cfg.get("loss", {}).get("label_smoothing", 0.0),
+        class_weights=class_weights(cfg.get("loss", {}).get("class_weights"), class_counts or []),
     )
 
 
@@ -88,7 +93,7 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     datamodule = build_datamodule(cfg, output_dir)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = build_model(cfg, datamodule.class_names)
+    model = build_model(cfg, datamodule.class_names, datamodule.class_counts)
     summary = RunSummary(
         output_dir / "results.json",
         {"backbone": cfg.backbone.name, "mode": cfg.mode.name, "weights": initial_weights(cfg)},

@@ -1,0 +1,176 @@
+"""The scan at setup: bad files stop or are skipped, odd modes load, warnings, cache, imbalance, tiny splits."""
+
+import io
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from torchvision.models import ResNet18_Weights
+
+from conftest import make_image_folder
+from transferlab import scan
+from transferlab.data import ImageFolderDataModule
+from transferlab.errors import ConfigError
+from transferlab.module import class_weights
+from transferlab.train import build_model, train
+from transferlab.transforms import eval_transform
+
+PREPROCESS = eval_transform(ResNet18_Weights.DEFAULT, 32)
+BAD = {"corrupt.jpg": "truncated", "text.jpg": "not an image", "empty.png": "empty file"}
+ACCEPTED = ("gray.png", "cmyk.jpg", "rgba.png")
+
+
+@pytest.fixture(autouse=True)
+def restore_pil_limit(monkeypatch):
+    """Setup sets PIL's global decompression-bomb limit; put it back after each test."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+
+
+def datamodule(root: Path, **kwargs) -> ImageFolderDataModule:
+    return ImageFolderDataModule(str(root), PREPROCESS, PREPROCESS, batch_size=4, num_workers=0, **kwargs)
+
+
+def jpeg_bytes(size: int = 64) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def mixed_folder(tmp_path: Path) -> Path:
+    """Two classes of 3 good images, plus in train/red every kind of file the issue names."""
+    root = make_image_folder(tmp_path / "mixed", per_class=3, size=32, classes=("blue", "red"))
+    red = root / "train" / "red"
+    data = jpeg_bytes()
+    (red / "corrupt.jpg").write_bytes(data[: len(data) // 2])
+    (red / "text.jpg").write_text("not a picture, just text\n")
+    (red / "empty.png").write_bytes(b"")
+    Image.new("L", (32, 32), 120).save(red / "gray.png")
+    Image.new("CMYK", (32, 32), (0, 200, 200, 0)).save(red / "cmyk.jpg")
+    Image.new("RGBA", (32, 32), (200, 0, 0, 128)).save(red / "rgba.png")
+    Image.new("P", (32, 32), 3).save(red / "anim.gif")
+    (red / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return root
+
+
+def test_bad_files_stop_with_one_message_counting_each_kind(mixed_folder):
+    with pytest.raises(ConfigError) as error:
+        datamodule(mixed_folder).setup("fit")
+    message = str(error.value)
+    assert "3 bad image file(s)" in message and str(mixed_folder) in message
+    for kind in BAD.values():
+        assert f"1 {kind}" in message
+    for name, kind in BAD.items():
+        assert f"{mixed_folder / 'train' / 'red' / name}: {kind}" in message
+    assert not any(name in message for name in (*ACCEPTED, "anim.gif", ".DS_Store"))
+    assert "data.on_bad_image=skip" in message
+
+
+def test_skip_leaves_out_only_the_bad_files_and_odd_modes_load_as_rgb(mixed_folder, tmp_path, caplog):
+    data = datamodule(mixed_folder, on_bad_image="skip", run_dir=str(tmp_path / "run"))
+    with caplog.at_level(logging.WARNING):
+        data.setup("fit")
+    used = {Path(path).name for path, _ in data.train_set.samples}
+    assert used == {"000.png", "001.png", "002.png", *ACCEPTED}
+    assert len(data.train_set) == 3 + 6 and data.class_counts == [3, 6]
+    assert {tuple(image.shape) for image, _ in data.train_set} == {(3, 32, 32)}
+    lines = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
+    assert sorted((Path(p).name, reason.split(":")[0]) for p, reason in (line.split("\t") for line in lines)) == \
+        sorted(BAD.items())
+    assert [(Path(f.path).name, f.kind) for f in data.scan_report.warnings] == [("anim.gif", "not used")]
+    assert "anim.gif" in caplog.text and "Skipping 3 bad image file(s)" in caplog.text
+
+
+def test_a_run_on_the_mixed_folder_with_skip_trains(mixed_folder, make_config, tmp_path):
+    results = train(make_config("data.on_bad_image=skip", "trainer.max_epochs=1", data_root=mixed_folder))
+    assert results["epochs_run"] == 1 and results["classes"] == ["blue", "red"]
+    skipped = (tmp_path / "run" / "skipped.txt").read_text()
+    assert sorted(Path(line.split("\t")[0]).name for line in skipped.splitlines()) == sorted(BAD)
+
+
+def test_decompression_bomb_limit_is_configurable(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2, size=32, classes=("blue", "red"))
+    Image.new("RGB", (100, 100), (200, 0, 0)).save(root / "train" / "red" / "big.png")
+    with pytest.raises(ConfigError) as error:
+        datamodule(root, max_image_pixels=5000).setup("fit")
+    assert "1 too large" in str(error.value) and "big.png: too large: 10,000 pixels" in str(error.value)
+    allowed = datamodule(root, max_image_pixels=10_000)
+    allowed.setup("fit")
+    assert len(allowed.train_set) == 5 and Image.MAX_IMAGE_PIXELS == 10_000  # loading agrees with the scan
+
+
+def test_a_byte_identical_image_in_train_and_val_is_a_warning(tmp_path, caplog):
+    root = make_image_folder(tmp_path / "data", per_class=2, size=32, classes=("blue", "red"))
+    shutil.copy(root / "train" / "red" / "001.png", root / "val" / "blue" / "copy.png")
+    data = datamodule(root)
+    with caplog.at_level(logging.WARNING):
+        data.setup("fit")
+    assert [(f.path, f.kind) for f in data.scan_report.warnings] == [
+        (str(root / "train" / "red" / "001.png"), "in train and val")]
+    assert "copy.png" in data.scan_report.warnings[0].reason and "1 file(s) in train and val" in caplog.text
+    assert len(data.val_set) == 5  # a warning, not a problem
+
+
+def test_a_rerun_reuses_the_cache_and_opens_no_image(mixed_folder, monkeypatch):
+    shutil.copy(mixed_folder / "train" / "red" / "000.png", mixed_folder / "val" / "blue" / "copy.png")
+    cache = mixed_folder.parent / "run" / "scan.json"
+    train_dir, val_dir = mixed_folder / "train", mixed_folder / "val"
+    first = scan.scan_dataset(train_dir, val_dir, cache)
+    assert cache.is_file() and {f.kind for f in first.warnings} == {"not used", "in train and val"}
+
+    opened, hashed = [], []
+    real_open, real_digest = Image.open, scan.file_digest
+    monkeypatch.setattr(scan.Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    monkeypatch.setattr(scan, "file_digest", lambda path: hashed.append(path) or real_digest(path))
+    assert scan.scan_dataset(train_dir, val_dir, cache) == first
+    assert opened == [] and hashed == []
+
+    changed = train_dir / "blue" / "000.png"
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(changed)
+    os.utime(changed, ns=(1, 1))
+    assert scan.scan_dataset(train_dir, val_dir, cache) == first
+    assert {Path(p) for p in opened} == {changed}
+
+
+def test_imbalance_is_reported_and_balanced_weights_are_inverse_frequency(tmp_path, caplog, make_config):
+    root = make_image_folder(tmp_path / "data", per_class=2, size=32, classes=("blue", "red"))
+    make_image_folder(root, per_class=11, size=32, splits=("train",), classes=("red",))
+    data = datamodule(root)
+    with caplog.at_level(logging.WARNING):
+        data.setup("fit")
+    assert data.class_counts == [2, 11]
+    assert "imbalanced beyond 1:5" in caplog.text and "blue 2, red 11" in caplog.text
+    assert "loss.class_weights=balanced" in caplog.text
+
+    assert class_weights("balanced", [2, 8]) == [2.5, 0.625]
+    assert class_weights(None, [2, 8]) is None
+    with pytest.raises(ConfigError):
+        class_weights("inverse", [2, 8])
+    model = build_model(make_config("loss.class_weights=balanced"), ["a", "b"], [2, 8])
+    assert model.criterion.weight.tolist() == [2.5, 0.625] and model.hparams.class_weights == [2.5, 0.625]
+    assert "criterion.weight" in model.state_dict()  # a buffer: moves with the model, saved in checkpoints
+    assert build_model(make_config(), ["a", "b"], [2, 8]).criterion.weight is None
+
+
+def test_balanced_classes_give_no_imbalance_warning(image_folder, caplog):
+    with caplog.at_level(logging.WARNING):
+        datamodule(image_folder).setup("fit")
+    assert "imbalanced" not in caplog.text
+
+
+def test_a_split_smaller_than_one_batch_still_trains(tmp_path, make_config):
+    root = make_image_folder(tmp_path / "tiny", per_class=2, size=32, classes=("blue", "red"))
+    results = train(make_config("data.batch_size=32", "trainer.max_epochs=1", data_root=root))
+    assert len(results["history"]) == 1 and results["train_images_per_s"] > 0
+    assert "train_loss" in results["history"][0]
+
+
+def test_on_bad_image_must_be_error_or_skip(image_folder):
+    with pytest.raises(ConfigError, match="data.on_bad_image='ignore'"):
+        datamodule(image_folder, on_bad_image="ignore")

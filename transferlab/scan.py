@@ -1,0 +1,314 @@
+"""A scan of an image folder before training: bad files, skipped extensions, train/val leakage.
+
+Fast: images are checked from their headers (``PIL.Image.open`` + ``verify()``); JPEG and PNG files
+are also checked for their end marker (``FFD9`` / ``IEND``), and only a file that lacks it, or a file in
+another format, is decoded in full. Results are cached by file size and modification time, so a
+rerun in the same run folder opens no image.
+"""
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+log = logging.getLogger(__name__)
+
+PIL_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's decompression-bomb limit
+CACHE_VERSION = 1
+SHOWN = 5  # paths listed per message
+
+# Kinds of problem (files that stop the run or are skipped) and of warning; a reason starts with its kind.
+EMPTY, NOT_IMAGE, TRUNCATED, UNDECODABLE, TOO_LARGE, UNREADABLE = (
+    "empty file", "not an image", "truncated", "cannot be decoded", "too large", "unreadable")
+NOT_USED, LEAKAGE = "not used", "in train and val"
+END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+class Finding(NamedTuple):
+    """One file and what is wrong with it; ``reason`` starts with the kind (``"truncated: ..."``)."""
+
+    path: str
+    reason: str
+
+    @property
+    def kind(self) -> str:
+        return self.reason.split(":", 1)[0]
+
+
+@dataclass
+class ScanReport:
+    """``problems`` stop the run (or are skipped with ``data.on_bad_image=skip``); ``warnings`` are logged."""
+
+    problems: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+
+    @property
+    def bad_paths(self) -> set[str]:
+        return {finding.path for finding in self.problems}
+
+    def error_message(self, root: Path) -> str:
+        """One message: how many files of each kind, the first few paths, and the two ways out."""
+        return (f"{len(self.problems)} bad image file(s) in {root}: {count_kinds(self.problems)}. "
+                f"{listing(self.problems)}\nRemove or repair them, or set data.on_bad_image=skip to train "
+                "without them (their paths and reasons go to skipped.txt in the run folder).")
+
+
+@dataclass
+class FileCheck:
+    """What one file's scan found; cached by (size, mtime_ns)."""
+
+    size: int
+    mtime_ns: int
+    pixels: int | None = None
+    error: str | None = None
+    decoded: bool = True  # False: too large to decode at the limit it was scanned with
+    digest: str | None = None
+
+
+def count_kinds(findings: Iterable[Finding]) -> str:
+    """``"2 truncated, 1 not an image"``: the count of each kind, most frequent first."""
+    return ", ".join(f"{count} {kind}" for kind, count in Counter(f.kind for f in findings).most_common())
+
+
+def listing(findings: list[Finding], shown: int = SHOWN) -> str:
+    """The first ``shown`` findings as indented lines, and how many more there are."""
+    lines = [f"  {f.path}: {f.reason}" for f in findings[:shown]]
+    if len(findings) > shown:
+        lines.append(f"  ... and {len(findings) - shown} more")
+    return "\n" + "\n".join(lines)
+
+
+def split_files(split: Path) -> tuple[list[Path], list[Path]]:
+    """Files of a split's class folders: those ImageFolder reads and those it would silently skip.
+
+    As ImageFolder: every file with an image extension under a class folder (hidden ones too, e.g.
+    macOS ``._name.jpg``). Hidden files without one (``.DS_Store``) are not worth a warning.
+    """
+    images, ignored = [], []
+    for entry in sorted(os.scandir(split), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        for folder, _, names in sorted(os.walk(entry.path, followlinks=True)):
+            for name in sorted(names):
+                if has_file_allowed_extension(name, IMG_EXTENSIONS):
+                    images.append(Path(folder, name))
+                elif not name.startswith("."):
+                    ignored.append(Path(folder, name))
+    return images, ignored
+
+
+@contextlib.contextmanager
+def no_pixel_limit() -> Iterator[None]:
+    """Let PIL open any size (the scan compares sizes against its own limit, without decoding)."""
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def ends_with(path: Path, marker: bytes) -> bool:
+    """Whether the file's last bytes are ``marker`` (reads only those bytes)."""
+    with open(path, "rb") as file:
+        file.seek(0, os.SEEK_END)
+        if file.tell() < len(marker):
+            return False
+        file.seek(-len(marker), os.SEEK_END)
+        return file.read() == marker
+
+
+def decode_error(path: Path) -> str | None:
+    """The reason a full decode fails, or None."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # PIL raises many types for bad data
+        return describe(error)
+    return None
+
+
+def describe(error: Exception) -> str:
+    text = str(error) or type(error).__name__
+    kind = TRUNCATED if "truncated" in text.lower() or isinstance(error, EOFError) else UNDECODABLE
+    return f"{kind}: {text}"
+
+
+def check_image(path: Path, max_pixels: int) -> FileCheck:
+    """Check one file: empty, not an image, truncated, undecodable; record its pixel count.
+
+    Images over ``max_pixels`` are not decoded (``decoded=False``); ``too_large`` judges them.
+    """
+    stat = path.stat()
+    check = FileCheck(stat.st_size, stat.st_mtime_ns)
+    if stat.st_size == 0:
+        check.error = f"{EMPTY}: 0 bytes"
+        return check
+    try:
+        with Image.open(path) as image:
+            image_format, (width, height) = image.format, image.size
+            check.pixels = width * height
+            if check.pixels > max_pixels:
+                check.decoded = False
+                return check
+            image.verify()
+        marker = END_MARKERS.get(image_format)
+        if marker is None or not ends_with(path, marker):  # no cheap proof of completeness: decode it
+            check.error = decode_error(path)
+    except UnidentifiedImageError:
+        check.error = f"{NOT_IMAGE}: PIL cannot identify it as an image"
+    except PermissionError as error:
+        check.error = f"{UNREADABLE}: {error.strerror}"
+    except Exception as error:
+        check.error = describe(error)
+    return check
+
+
+def too_large(check: FileCheck, max_pixels: int) -> str | None:
+    if check.pixels is not None and check.pixels > max_pixels:
+        return (f"{TOO_LARGE}: {check.pixels:,} pixels > data.max_image_pixels={max_pixels:,} "
+                "(PIL's decompression-bomb limit)")
+    return None
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.blake2b()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ScanCache:
+    """Per-file checks keyed by path relative to the data root, valid while size and mtime_ns match."""
+
+    def __init__(self, path: Path | None, root: Path) -> None:
+        self.path, self.root = path, str(root.resolve())
+        self.entries: dict[str, FileCheck] = {}
+        self.reused = 0
+        if path is not None and path.is_file():
+            try:
+                content = json.loads(path.read_text())
+                if content.get("version") == CACHE_VERSION and content.get("root") == self.root:
+                    self.entries = {key: FileCheck(**value) for key, value in content["files"].items()}
+            except (ValueError, TypeError, KeyError):
+                log.warning("Ignoring an unreadable scan cache %s", path)
+
+    def key(self, path: Path) -> str:
+        return Path(os.path.relpath(path.resolve(), self.root)).as_posix()
+
+    def get(self, path: Path, max_pixels: int) -> FileCheck | None:
+        entry = self.entries.get(self.key(path))
+        if entry is None:
+            return None
+        stat = path.stat()
+        if (entry.size, entry.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+            return None
+        if not entry.decoded and (entry.pixels or 0) <= max_pixels:
+            return None  # too large when scanned, not now: it has never been checked
+        self.reused += 1
+        return entry
+
+    def put(self, path: Path, check: FileCheck) -> None:
+        self.entries[self.key(path)] = check
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        files = {key: vars(check) for key, check in self.entries.items()}
+        temporary.write_text(json.dumps({"version": CACHE_VERSION, "root": self.root, "files": files}))
+        os.replace(temporary, self.path)
+
+
+def check_all(paths: list[Path], cache: ScanCache, max_pixels: int) -> list[FileCheck]:
+    """Checks for ``paths``, from the cache where it is valid; the rest in a few threads (I/O bound)."""
+    checks: list[FileCheck | None] = [cache.get(path, max_pixels) for path in paths]
+    missing = [i for i, check in enumerate(checks) if check is None]
+    if missing:
+        log.info("Scanning %d image files (%d cached)", len(missing), len(paths) - len(missing))
+        workers = min(8, len(missing), os.cpu_count() or 1)
+        with no_pixel_limit(), ThreadPoolExecutor(max_workers=workers) as pool:
+            for i, check in zip(missing, pool.map(lambda i: check_image(paths[i], max_pixels), missing)):
+                checks[i] = check
+                cache.put(paths[i], check)
+    return checks  # type: ignore[return-value]
+
+
+def scan_split(folder: Path, cache: ScanCache, max_pixels: int) -> tuple[ScanReport, list[tuple[Path, FileCheck]]]:
+    """Problems and skipped extensions of one split, and the usable images with their checks."""
+    images, ignored = split_files(folder)
+    report = ScanReport()
+    usable = []
+    for path, check in zip(images, check_all(images, cache, max_pixels)):
+        reason = check.error or too_large(check, max_pixels)
+        if reason:
+            report.problems.append(Finding(str(path), reason))
+        else:
+            usable.append((path, check))
+    extensions = " ".join(IMG_EXTENSIONS)
+    report.warnings += [Finding(str(path), f"{NOT_USED}: ImageFolder reads only {extensions}") for path in ignored]
+    return report, usable
+
+
+def find_leakage(train: list[tuple[Path, FileCheck]], val: list[tuple[Path, FileCheck]],
+                 cache: ScanCache) -> list[Finding]:
+    """Train images byte-identical to a val image; only files whose size occurs in both splits are hashed."""
+    val_sizes = {check.size for _, check in val}
+    shared = {check.size for _, check in train} & val_sizes
+    digest = lambda path, check: check.digest or _store_digest(path, check, cache)  # noqa: E731
+    val_by_digest: dict[str, Path] = {}
+    for path, check in val:
+        if check.size in shared:
+            val_by_digest.setdefault(digest(path, check), path)
+    return [Finding(str(path), f"{LEAKAGE}: same bytes as {val_by_digest[digest(path, check)]}")
+            for path, check in train if check.size in shared and digest(path, check) in val_by_digest]
+
+
+def _store_digest(path: Path, check: FileCheck, cache: ScanCache) -> str:
+    check.digest = file_digest(path)
+    cache.put(path, check)
+    return check.digest
+
+
+def scan_dataset(train_dir: Path, val_dir: Path | None, cache_file: Path | None = None,
+                 max_pixels: int | None = None) -> ScanReport:
+    """Scan ``train_dir`` and ``val_dir`` (if any); ``cache_file`` (if given) is read and updated."""
+    max_pixels = max_pixels or PIL_MAX_IMAGE_PIXELS
+    root = train_dir.parent
+    cache = ScanCache(cache_file, root)
+    report, train_usable = scan_split(train_dir, cache, max_pixels)
+    if val_dir is not None:
+        val_report, val_usable = scan_split(val_dir, cache, max_pixels)
+        report.problems += val_report.problems
+        report.warnings += val_report.warnings + find_leakage(train_usable, val_usable, cache)
+    cache.save()
+    return report
+
+
+def log_warnings(report: ScanReport) -> None:
+    """One warning per kind: how many files, and the first few."""
+    by_kind: dict[str, list[Finding]] = {}
+    for finding in report.warnings:
+        by_kind.setdefault(finding.kind, []).append(finding)
+    advice = {NOT_USED: "rename or convert them to use them",
+              LEAKAGE: "val accuracy overstates how well the model generalises; remove one copy"}
+    for kind, findings in by_kind.items():
+        log.warning("%d file(s) %s (%s):%s", len(findings), kind, advice.get(kind, ""), listing(findings))
+
+
+def write_skipped(path: Path, problems: list[Finding]) -> None:
+    """``skipped.txt``: one ``path<TAB>reason`` line per skipped file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{f.path}\t{f.reason}\n" for f in problems))
+
