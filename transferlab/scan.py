@@ -58,7 +58,7 @@ class ScanReport:
 
     def error_message(self, root: Path) -> str:
         """One message: how many files of each kind, the first few paths, and the two ways out."""
-        return (f"{len(self.problems)} bad image file(s) in {root}: {count_kinds(self.problems)}. "
+        return (f"{len(self.problems)} bad image file(s) in {root}: {count_kinds(self.problems)}."
                 f"{listing(self.problems)}\nRemove or repair them, or set data.on_bad_image=skip to train "
                 "without them (their paths and reasons go to skipped.txt in the run folder).")
 
@@ -225,7 +225,7 @@ class ScanCache:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # one per process (DDP ranks)
         files = {key: vars(check) for key, check in self.entries.items()}
         temporary.write_text(json.dumps({"version": CACHE_VERSION, "root": self.root, "files": files}))
         os.replace(temporary, self.path)
