@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from conftest import CONFIG_DIR
 
-GROUPS = ["data", "backbone", "head", "mode", "optimizer", "scheduler", "experiment"]
+GROUPS = ["data", "backbone", "head", "mode", "loss", "optimizer", "scheduler", "experiment"]
 
 
 def compose_preset(name: str):
