@@ -53,7 +53,6 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "trainer.log_every_n_steps=1",
-    "~callbacks.progress_bar",
 ]
 
 

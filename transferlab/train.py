@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,6 +77,8 @@ def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int]
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
     """The configured callbacks plus the transfer mode's finetuning callback, if it has one."""
     callbacks = [instantiate(node) for node in cfg.get("callbacks", {}).values() if node is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
+        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     if cfg.mode.get("callback"):
         callbacks.append(instantiate(cfg.mode.callback))
     return callbacks
