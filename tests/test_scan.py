@@ -1,7 +1,6 @@
 """The scan at setup: bad files stop or are skipped, odd modes load, warnings, cache, imbalance, tiny splits."""
 
 import io
-import json
 import logging
 import os
 import shutil

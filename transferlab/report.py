@@ -323,7 +323,7 @@ def plot_curves(runs: Sequence[Run]) -> "Figure":
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
     panels = (("val_acc", "val/acc"), ("val_loss", "val/loss"), ("train_loss", "train/loss"))
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (_, title) in zip(axes, panels):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
