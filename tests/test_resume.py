@@ -15,7 +15,7 @@ from interruptions import PoisonAtBatch
 from transferlab.errors import ConfigError
 from transferlab.guards import NonFiniteLossError
 from transferlab.resume import AtomicCheckpointIO, checkpoint_to_resume
-from transferlab.results import write_json_atomically
+from transferlab.files import write_json_atomically
 from transferlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +120,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
     with pytest.raises(OSError):
         io.save_checkpoint({"epoch": 2}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # the half-written temporary is gone
 
 
 def test_a_crash_while_writing_results_leaves_the_previous_file_intact(tmp_path, monkeypatch):
@@ -129,3 +130,4 @@ def test_a_crash_while_writing_results_leaves_the_previous_file_intact(tmp_path,
     with pytest.raises(OSError):
         write_json_atomically(path, {"best_val_acc": 0.9})
     assert json.loads(path.read_text()) == {"best_val_acc": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

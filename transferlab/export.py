@@ -21,7 +21,7 @@ from torch import nn
 from transferlab.checkpoint import input_size, load_classifier, preprocessing, run_cli
 from transferlab.errors import ConfigError
 from transferlab.module import TransferClassifier
-from transferlab.results import write_json_atomically
+from transferlab.files import write_json_atomically
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from transferlab.files import atomic_path
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -342,21 +344,16 @@ def plot_curves(runs: Sequence[Run]) -> "Figure":
     return figure
 
 
-def _replace(path: Path, write: Any) -> None:
-    """Write through a temporary file and a rename, so readers never see half a file."""
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def write_report(runs: Sequence[Run], keys: Sequence[str], out_dir: Path) -> None:
     """Write ``summary.csv``, ``summary.md`` and ``curves.png`` for the runs (from :func:`read_runs`) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_text, markdown = to_csv(runs, keys), to_markdown(runs, keys, out_dir)
-    _replace(out_dir / CSV_NAME, lambda path: path.write_text(csv_text))
-    _replace(out_dir / MARKDOWN_NAME, lambda path: path.write_text(markdown))
+    for name, text in ((CSV_NAME, csv_text), (MARKDOWN_NAME, markdown)):
+        with atomic_path(out_dir / name) as temporary:
+            temporary.write_text(text)
     figure = plot_curves(runs)
-    _replace(out_dir / PLOT_NAME, lambda path: figure.savefig(path, format="png", dpi=100))
+    with atomic_path(out_dir / PLOT_NAME) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
     log.info("Report on %d runs written to %s (%s, %s, %s)", len(runs), out_dir, CSV_NAME, MARKDOWN_NAME, PLOT_NAME)
 
 

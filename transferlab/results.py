@@ -1,9 +1,7 @@
 """``results.json``: what a run achieved, written by a callback when training ends."""
 
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,15 +11,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from transferlab.files import write_json_atomically
+
 log = logging.getLogger(__name__)
-
-
-def write_json_atomically(path: Path, content: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 class RunSummary(Callback):

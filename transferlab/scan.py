@@ -21,6 +21,8 @@ from typing import NamedTuple
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from transferlab.files import atomic_path
+
 log = logging.getLogger(__name__)
 
 PIL_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's decompression-bomb limit
@@ -224,11 +226,9 @@ class ScanCache:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # one per process (DDP ranks)
         files = {key: vars(check) for key, check in self.entries.items()}
-        temporary.write_text(json.dumps({"version": CACHE_VERSION, "root": self.root, "files": files}))
-        os.replace(temporary, self.path)
+        with atomic_path(self.path) as temporary:
+            temporary.write_text(json.dumps({"version": CACHE_VERSION, "root": self.root, "files": files}))
 
 
 def check_all(paths: list[Path], cache: ScanCache, max_pixels: int) -> list[FileCheck]:

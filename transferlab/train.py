@@ -22,7 +22,8 @@ from transferlab.errors import ConfigError
 from transferlab.guards import FiniteLoss
 from transferlab.module import TransferClassifier, class_weights
 from transferlab.resume import AtomicCheckpointIO, CheckpointOnInterrupt, RandomState, checkpoint_to_resume
-from transferlab.results import RunSummary, write_json_atomically
+from transferlab.files import write_json_atomically
+from transferlab.results import RunSummary
 from transferlab.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
