@@ -15,7 +15,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from transferlab.download import fetch_dataset
 from transferlab.errors import ConfigError
+from transferlab.image_cache import BYTES_PER_GB, DecodedImageCache
 from transferlab.images import load_rgb
+from transferlab.ranks import is_global_zero
 from transferlab.scan import PIL_MAX_IMAGE_PIXELS, ScanReport, count_kinds, log_warnings, scan_dataset, write_skipped
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
     setup with one ``ConfigError`` (``on_bad_image="error"``) or are left out (``"skip"``, listed in
     ``run_dir/skipped.txt``). The scan is cached in ``run_dir/scan.json``. ``class_counts`` holds
     the number of training images per class.
+
+    With ``cache_images`` every image is decoded once at setup and kept in memory, shrunk so its
+    shorter side is ``cache_short_side`` (the eval resize size), up to ``cache_max_gb``; the
+    augmentation still runs every epoch, on the cached pixels.
     """
 
     def __init__(
@@ -134,6 +140,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         on_bad_image: str = "error",
         max_image_pixels: int | None = None,
         run_dir: str | None = None,
+        cache_images: bool = False,
+        cache_max_gb: float = 2.0,
+        cache_short_side: int | None = None,
     ) -> None:
         super().__init__()
         if on_bad_image not in ON_BAD_IMAGE:
@@ -152,6 +161,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.max_image_pixels = max_image_pixels or PIL_MAX_IMAGE_PIXELS
         self.run_dir = Path(run_dir) if run_dir else None
+        self.cache_images = cache_images
+        self.cache_max_gb = cache_max_gb
+        self.cache_short_side = cache_short_side
+        self.image_cache: DecodedImageCache | None = None
         self.class_names: list[str] = []
         self.class_counts: list[int] = []
         self.scan_report: ScanReport | None = None
@@ -195,7 +208,28 @@ class ImageFolderDataModule(pl.LightningDataModule):
             )
         self.class_counts = [targets.count(label) for label in range(len(self.class_names))]
         self._warn_imbalance()
+        if self.cache_images:
+            self._cache_decoded_images()
         log.info("Data: %d train / %d val images, classes %s", len(self.train_set), len(self.val_set), self.class_names)
+
+    def serve_features(self, train_set: Dataset, val_set: Dataset) -> None:
+        """Serve precomputed backbone features (``transferlab.features``) instead of images.
+
+        They are in memory already, so loader processes would only add copying.
+        """
+        self.train_set, self.val_set = train_set, val_set
+        self.num_workers = 0
+        self.image_cache = None
+
+    def _cache_decoded_images(self) -> None:
+        """Decode every image once into memory and make the data sets read from there."""
+        folders = [dataset.dataset if isinstance(dataset, Subset) else dataset
+                   for dataset in (self.train_set, self.val_set)]
+        self.image_cache = DecodedImageCache(folders[0].loader, self.cache_short_side,
+                                             int(self.cache_max_gb * BYTES_PER_GB))
+        self.image_cache.fill([path for folder in folders for path, _ in folder.samples], self.num_workers)
+        for folder in folders:
+            folder.loader = self.image_cache
 
     def _check_val_classes(self, train_dir: Path, val_dir: Path) -> None:
         val_classes = class_folders(val_dir)
@@ -265,7 +299,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return train_dir, val_dir
 
     def _record_split(self, dataset: ImageFolder, train_idx: list[int], val_idx: list[int]) -> None:
-        if self.split_file is None:
+        if self.split_file is None or not is_global_zero():  # DDP: rank zero writes the run folder
             return
         relative = lambda i: os.path.relpath(dataset.samples[i][0], dataset.root)  # noqa: E731
         record = {"val_split": self.val_split, "seed": self.seed,

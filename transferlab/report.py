@@ -364,6 +364,11 @@ class SweepReport(Callback):
     """Hydra callback: writes the report into ``hydra.sweep.dir`` when a multirun ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # imports Lightning: here, not at the top, so that the report CLI starts quickly
+        from transferlab.ranks import is_global_zero
+
+        if not is_global_zero():  # a DDP process that srun started: rank zero writes the report
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             folders = find_runs([sweep_dir])

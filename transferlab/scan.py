@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from transferlab.files import atomic_path
+from transferlab.ranks import is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,8 @@ class ScanCache:
         self.entries[self.key(path)] = check
 
     def save(self) -> None:
-        if self.path is None:
+        """Write the cache file; only on rank zero of a DDP run (the others read it, and scan what it lacks)."""
+        if self.path is None or not is_global_zero():
             return
         files = {key: vars(check) for key, check in self.entries.items()}
         with atomic_path(self.path) as temporary:
@@ -308,7 +310,9 @@ def log_warnings(report: ScanReport) -> None:
 
 
 def write_skipped(path: Path, problems: list[Finding]) -> None:
-    """``skipped.txt``: one ``path<TAB>reason`` line per skipped file."""
+    """``skipped.txt``: one ``path<TAB>reason`` line per skipped file (written on DDP's rank zero only)."""
+    if not is_global_zero():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{f.path}\t{f.reason}\n" for f in problems))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -19,10 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from transferlab.backbones import check_name, preprocessing_weights
 from transferlab.data import ImageFolderDataModule
 from transferlab.errors import ConfigError
+from transferlab.features import feature_cache
 from transferlab.guards import FiniteLoss
 from transferlab.module import TransferClassifier, class_weights
 from transferlab.resume import AtomicCheckpointIO, CheckpointOnInterrupt, RandomState, checkpoint_to_resume
 from transferlab.files import write_json_atomically
+from transferlab.ranks import check_launch, is_global_zero, log_to_console_only
 from transferlab.results import RunSummary
 from transferlab.transforms import eval_transform, train_transform
 
@@ -39,10 +42,11 @@ def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule
     weights = preprocessing_weights(cfg.backbone.name, initial_weights(cfg))
     augment = instantiate(cfg.data.augment) if cfg.data.augment else []
     download = OmegaConf.to_container(cfg.data.download, resolve=True) if cfg.data.get("download") else None
+    evaluation = eval_transform(weights, cfg.data.image_size)
     return ImageFolderDataModule(
         root=cfg.data.root,
         train_transform=train_transform(weights, cfg.data.image_size, augment),
-        eval_transform=eval_transform(weights, cfg.data.image_size),
+        eval_transform=evaluation,
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         val_split=cfg.data.val_split,
@@ -52,6 +56,10 @@ def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule
         on_bad_image=cfg.data.get("on_bad_image", "error"),
         max_image_pixels=cfg.data.get("max_image_pixels"),
         run_dir=str(output_dir),
+        pin_memory=cfg.data.get("pin_memory"),
+        cache_images=cfg.data.get("cache_images", False),
+        cache_max_gb=cfg.data.get("cache_max_gb", 2.0),
+        cache_short_side=evaluation.resize_size[0],
     )
 
 
@@ -72,7 +80,15 @@ def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int]
         image_size=cfg.data.image_size,
         label_smoothing=cfg.get("loss", {}).get("label_smoothing", 0.0),
         class_weights=class_weights(cfg.get("loss", {}).get("class_weights"), class_counts or []),
+        channels_last=cfg.get("channels_last", False),
     )
+
+
+def compiled(model: TransferClassifier, settings: DictConfig | None) -> pl.LightningModule:
+    """``torch.compile(model)`` when ``compile.enabled``; Lightning trains and checkpoints the original module."""
+    if not settings or not settings.enabled:
+        return model
+    return torch.compile(model, mode=settings.get("mode"), backend=settings.get("backend", "inductor"))
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -82,7 +98,10 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     if cfg.mode.get("callback"):
         callbacks.append(instantiate(cfg.mode.callback))
-    return callbacks
+    cache = feature_cache(cfg.data.get("cache_features", False), backbone_trains=cfg.mode.name != "feature_extract",
+                          augmented=bool(cfg.data.augment), views=cfg.data.get("cache_views"),
+                          max_gb=cfg.data.get("cache_max_gb", 2.0))
+    return [*callbacks, cache] if cache else callbacks
 
 
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, Any]:
@@ -105,11 +124,12 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*build_callbacks(cfg), *safety, summary, *(callbacks or [])],
                                       logger=instantiate(cfg.logger) if cfg.get("logger") else False,
                                       plugins=[AtomicCheckpointIO()])
+    check_launch(trainer)
     resume_from = None
     if cfg.get("resume"):
         resume_from = checkpoint_to_resume(cfg.callbacks.last_checkpoint.dirpath, output_dir)
         log.info("Resuming from %s", resume_from)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    trainer.fit(compiled(model, cfg.get("compile")), datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     results = summary.results
     if trainer.is_global_zero:
         log.info(
@@ -121,7 +141,12 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
 
 
 def record_failure(output_dir: Path, error: BaseException) -> None:
-    """Leave ``failure.json`` in the run folder, so a sweep report can say why this run has no results."""
+    """Leave ``failure.json`` in the run folder, so a sweep report can say why this run has no results.
+
+    Under DDP every process fails, and rank zero writes it.
+    """
+    if not is_global_zero():
+        return
     write_json_atomically(output_dir / "failure.json", {
         "error": f"{type(error).__name__}: {error}",
         "traceback": "".join(traceback.format_exception(error)),
@@ -135,6 +160,8 @@ def main(cfg: DictConfig) -> float | None:
     In a multirun, a failed run is recorded and logged and the sweep goes on; a single run
     exits non-zero (2 for bad input, with its message and no traceback).
     """
+    if not is_global_zero():  # a DDP process that Lightning (or torchrun, srun) started: rank zero keeps the log
+        log_to_console_only(HydraConfig.get().job.name)
     try:
         return train(cfg)["best_val_acc"]
     except SIGTERMException:

@@ -34,6 +34,11 @@ def to_pictures(images: torch.Tensor, undo_normalisation: Callable[[torch.Tensor
     return (pixels * 255).round().to(torch.uint8).cpu()
 
 
+def is_images(inputs: torch.Tensor) -> bool:
+    """True for a batch of images (N, C, H, W); False for cached features (N, D)."""
+    return inputs.ndim == 4
+
+
 def image_grid(pictures: torch.Tensor) -> torch.Tensor:
     """uint8 pictures (N, C, H, W) -> one roughly square (C, H', W') grid, for ``add_image``."""
     return torchvision.utils.make_grid(pictures, nrow=math.ceil(math.sqrt(len(pictures))), padding=2)
@@ -166,7 +171,8 @@ class TensorBoardImages(Callback):
     figures describe the model in ``best.ckpt``; the best so far is kept in the checkpoint, so a
     resumed run goes on from it. Only acts when a ``TensorBoardLogger`` is attached, and while
     fitting. The pictures (``max_images`` of them, see ``PictureSample``) come from rank zero's
-    share of the data; the confusion matrix is summed over all ranks.
+    share of the data; the confusion matrix is summed over all ranks. Batches of cached backbone
+    features (``transferlab.features``) have no pictures: then only the confusion matrix is logged.
     """
 
     def __init__(self, max_images: int = 16, monitor: str = "val/acc") -> None:
@@ -211,7 +217,7 @@ class TensorBoardImages(Callback):
         if self.inputs_logged or not self._active(trainer):
             return
         self.inputs_logged = True
-        if trainer.is_global_zero and self.max_images > 0:
+        if trainer.is_global_zero and self.max_images > 0 and is_images(batch[0]):
             pictures = to_pictures(batch[0][: self.max_images], self._undo)
             self._writer(trainer).add_image("train/inputs", image_grid(pictures), global_step=trainer.global_step)
 
@@ -227,7 +233,7 @@ class TensorBoardImages(Callback):
         images, labels = batch[0], batch[1]
         counts = confusion_counts(outputs, labels, len(self._class_names(pl_module)))  # on the device
         self._counts = counts if self._counts is None else self._counts + counts
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and is_images(images):
             self._sample.add(images, outputs.cpu(), labels.cpu(), partial(to_pictures, undo_normalisation=self._undo))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

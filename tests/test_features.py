@@ -1,0 +1,119 @@
+"""The feature cache: a frozen backbone runs once, and the head trains as it would on images."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from transferlab.errors import ConfigError
+from transferlab.features import CacheFeatures, FeatureViews, feature_cache
+from transferlab.module import TransferClassifier
+from transferlab.train import train
+
+EXACT = ["mode=feature_extract", "data.augment=[]", "trainer.max_epochs=3", "optimizer=adam", "optimizer.lr=0.01"]
+IMAGES = 36 + 36  # train + val images of the shared folder
+
+
+class BackboneCalls:
+    """Counts the images that ``TransferClassifier.features`` (the backbone's forward) sees."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.images = 0
+        original = TransferClassifier.features
+
+        def counted(module: TransferClassifier, images: torch.Tensor) -> torch.Tensor:
+            self.images += len(images)
+            return original(module, images)
+
+        monkeypatch.setattr(TransferClassifier, "features", counted)
+
+
+def head_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    return {key: value for key, value in state.items() if key.startswith("head.")}
+
+
+@pytest.fixture
+def fit(make_config, monkeypatch):
+    """Train with ``overrides`` into ``run_dir``; returns the results and how many images the backbone saw."""
+
+    def fit_into(run_dir: Path, *overrides: str) -> tuple[dict, BackboneCalls]:
+        with monkeypatch.context() as patch:
+            calls = BackboneCalls(patch)
+            return train(make_config(*overrides, f"paths.output_dir={run_dir}")), calls
+
+    return fit_into
+
+
+def test_cached_features_train_the_head_to_the_same_weights_as_images(fit, resnet18_weights, tmp_path):
+    weights = f"backbone.weights={resnet18_weights}"
+    uncached, uncached_calls = fit(tmp_path / "images", *EXACT, weights, "data.cache_features=false")
+    cached, cached_calls = fit(tmp_path / "features", *EXACT, weights)
+
+    torch.testing.assert_close(head_state(tmp_path / "features"), head_state(tmp_path / "images"), rtol=1e-5, atol=1e-6)
+    for cached_epoch, uncached_epoch in zip(cached["history"], uncached["history"], strict=True):
+        assert cached_epoch == pytest.approx(uncached_epoch, rel=1e-4)
+    assert cached["best_val_acc"] >= 0.8  # three classes: chance is 0.33
+    # The backbone ran once over every image instead of every epoch (plus the sanity check's 2 val batches).
+    assert cached_calls.images == IMAGES
+    assert uncached_calls.images == 3 * IMAGES + 2 * 12
+
+
+def test_augmented_views_are_cached_once_and_drawn_per_epoch(fit, tmp_path):
+    results, calls = fit(tmp_path / "run", "mode=feature_extract", "data.cache_views=2",
+                         "trainer.max_epochs=3")
+    assert calls.images == 2 * 36 + 36
+    assert results["epochs_run"] == 3
+
+
+def test_resumed_run_with_cached_views_ends_where_an_uninterrupted_one_does(fit, tmp_path):
+    common = ["mode=feature_extract", "data.cache_views=3"]
+    fit(tmp_path / "whole", *common, "trainer.max_epochs=4")
+    fit(tmp_path / "resumed", *common, "trainer.max_epochs=2")
+    fit(tmp_path / "resumed", *common, "trainer.max_epochs=4", "resume=true")
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+    torch.testing.assert_close(head_state(tmp_path / "resumed"), head_state(tmp_path / "whole"), rtol=0, atol=0)
+
+
+def test_views_are_drawn_from_seed_and_epoch_only():
+    features = torch.arange(3 * 50 * 2, dtype=torch.float32).view(3, 50, 2)
+    views = FeatureViews(features, torch.zeros(50, dtype=torch.long), seed=7)
+    drawn = []
+    for epoch in (0, 1, 0):
+        views.set_epoch(epoch)
+        drawn.append(views.chosen.clone())
+    assert torch.equal(drawn[0], drawn[2]) and not torch.equal(drawn[0], drawn[1])
+    assert set(drawn[0].tolist()) == {0, 1, 2}  # 50 draws of 3 views
+    feature, _ = views[4]
+    assert torch.equal(feature, features[views.chosen[4], 4])
+
+
+def test_features_over_the_memory_budget_fall_back_to_images(fit, tmp_path):
+    results, calls = fit(tmp_path / "run", *EXACT, "data.cache_max_gb=1e-9")
+    assert calls.images > IMAGES  # the backbone ran every epoch
+    assert results["epochs_run"] == 3
+
+
+@pytest.mark.parametrize(("setting", "backbone_trains", "augmented", "views", "expected"), [
+    ("auto", False, False, None, 1),  # exact: one view
+    ("auto", False, True, 4, 4),
+    ("auto", False, True, None, None),  # augmentation without views: not exact, so not by default
+    ("auto", True, False, None, None),  # finetune: the features change every step
+    (False, False, False, None, None),
+    (True, False, False, 5, 1),  # no augmentation: every view would be the same
+])
+def test_cache_is_on_where_the_backbone_never_trains(setting, backbone_trains, augmented, views, expected):
+    cache = feature_cache(setting, backbone_trains, augmented, views, max_gb=1.0)
+    assert (cache.views if cache else None) == expected
+    if cache:
+        assert isinstance(cache, CacheFeatures)
+
+
+@pytest.mark.parametrize(("setting", "backbone_trains", "augmented", "message"), [
+    (True, True, False, "mode=feature_extract"),
+    (True, False, True, "data.cache_views"),
+    ("yes", False, False, "auto, true, false"),
+])
+def test_impossible_cache_settings_are_refused(setting, backbone_trains, augmented, message):
+    with pytest.raises(ConfigError, match=message):
+        feature_cache(setting, backbone_trains, augmented, None, max_gb=1.0)

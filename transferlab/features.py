@@ -1,0 +1,164 @@
+"""Backbone features computed once, for runs whose backbone never trains (``feature_extract``).
+
+A frozen backbone in eval mode maps an input to the same features in every epoch, so running it
+every epoch repeats the same work. ``CacheFeatures`` runs it once over the validation images and
+``views`` times over the training images before training starts; the data module then serves
+the features and only the head runs each epoch. Without augmentation one view is the exact
+input of every epoch, and the head trains as it would on images (tested). With augmentation,
+each image gets ``views`` fixed augmented versions and every epoch draws one of them, seeded by
+(seed, epoch) so a resumed run draws as an uninterrupted one does.
+"""
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset
+
+from transferlab.errors import ConfigError
+from transferlab.image_cache import BYTES_PER_GB
+
+log = logging.getLogger(__name__)
+
+
+CACHE_SETTINGS = ("auto", True, False)
+
+
+def feature_cache(setting: str | bool, backbone_trains: bool, augmented: bool, views: int | None,
+                  max_gb: float) -> "CacheFeatures | None":
+    """The ``CacheFeatures`` callback that ``data.cache_features`` asks for, or None.
+
+    ``auto`` caches where the backbone never trains and either the cache is exact (no
+    augmentation) or ``data.cache_views`` says how many augmented views to keep.
+    """
+    if setting not in CACHE_SETTINGS:
+        raise ConfigError(f"data.cache_features={setting!r} is not one of auto, true, false.")
+    if setting is False:
+        return None
+    if backbone_trains:
+        if setting is True:
+            raise ConfigError("data.cache_features=true needs a backbone that never trains (mode=feature_extract); "
+                              "in this mode it trains, so its features change every step. Use "
+                              "data.cache_features=auto or false.")
+        return None
+    if augmented and views is None:
+        if setting is True:
+            raise ConfigError("data.cache_features=true with augmentation on (data.augment) needs data.cache_views=K: "
+                              "how many augmented versions of each training image to cache. Or set data.augment=[] "
+                              "for an exact cache.")
+        log.info("Feature cache off: augmentation is on, so one cached view per image would change the experiment. "
+                 "data.cache_views=K caches K augmented views per image (each epoch draws one); data.augment=[] "
+                 "caches exactly.")
+        return None
+    return CacheFeatures(views if augmented else 1, max_gb)
+
+
+class FeatureViews(Dataset):
+    """(feature, label) pairs from ``features`` of shape (views, N, D); ``set_epoch`` picks each image's view."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> None:
+        self.features, self.labels, self.seed = features, labels, seed
+        self.chosen = torch.zeros(len(labels), dtype=torch.long)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the view each image shows this epoch; depends only on (seed, epoch)."""
+        if len(self.features) > 1:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self.chosen = torch.randint(len(self.features), (len(self.labels),), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[self.chosen[index], index], self.labels[index]
+
+
+@torch.no_grad()
+def extract_features(pl_module: pl.LightningModule, dataset: Dataset, passes: int, batch_size: int,
+                     num_workers: int, device: torch.device, seed: int,
+                     forward_context: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pl_module.features`` of every item of ``dataset``, ``passes`` times: ((passes, N, D) float32, (N,) labels).
+
+    Each pass draws its random augmentation from its own seed, so the features are reproducible.
+    ``forward_context`` wraps the backbone's forward (the trainer's precision: autocast for mixed).
+    """
+    passes_features, labels = [], None
+    for index in range(passes):
+        generator = torch.Generator().manual_seed(seed + index)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            generator=generator, pin_memory=device.type == "cuda")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + index)  # augmentation drawn in this process (num_workers=0)
+            batches = []
+            for images, targets in loader:
+                with forward_context():
+                    features = pl_module.features(images.to(device, non_blocking=True))
+                batches.append((features.float().cpu(), targets))
+        passes_features.append(torch.cat([features for features, _ in batches]))
+        labels = torch.cat([targets for _, targets in batches])
+    return torch.stack(passes_features), labels
+
+
+class CacheFeatures(Callback):
+    """Replaces the data module's image data sets by the frozen backbone's features at the start of fitting.
+
+    ``views``: feature sets computed per training image (1 when the training transform is
+    deterministic). When the features would take more than ``max_gb``, the run trains on
+    images as usual. The data module needs ``train_set``, ``val_set``, ``batch_size``,
+    ``num_workers``, ``seed`` and ``serve_features`` (``ImageFolderDataModule`` has them).
+    """
+
+    def __init__(self, views: int = 1, max_gb: float = 2.0) -> None:
+        if views < 1:
+            raise ValueError(f"data.cache_views must be at least 1, got {views}.")
+        self.views, self.max_gb = views, max_gb
+        self.train_features: FeatureViews | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Runs before the optimizer and the data loaders are built, so both see the features."""
+        datamodule = trainer.datamodule
+        if stage != "fit" or isinstance(datamodule.train_set, FeatureViews):
+            return
+        started = time.perf_counter()
+        was_training = pl_module.backbone.training
+        pl_module.backbone.to(trainer.strategy.root_device).eval()
+        try:
+            cached = self._extract(trainer, pl_module, datamodule)
+        finally:  # the mode's callback sets the mode each epoch; Lightning warns of modules left in eval
+            pl_module.backbone.train(was_training)
+        if cached is None:
+            return
+        self.train_features, val_features = cached
+        datamodule.serve_features(self.train_features, val_features)
+        log.info("Feature cache: the frozen backbone ran once over %d val images and %d time(s) over %d train "
+                 "images (%.1f s); only the head runs each epoch (data.cache_features=false to turn off).",
+                 len(val_features), self.views, len(self.train_features), time.perf_counter() - started)
+
+    def _extract(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                 datamodule: Any) -> tuple[FeatureViews, FeatureViews] | None:
+        """(train, val) feature sets, or None when they would not fit in ``max_gb``."""
+        extract = partial(extract_features, pl_module, batch_size=datamodule.batch_size,
+                          num_workers=datamodule.num_workers, device=trainer.strategy.root_device,
+                          seed=datamodule.seed, forward_context=trainer.precision_plugin.forward_context)
+        val_features, val_labels = extract(datamodule.val_set, 1)
+        row_bytes = val_features.shape[-1] * val_features.element_size()
+        needed = (self.views * len(datamodule.train_set) + len(val_labels)) * row_bytes
+        if needed > self.max_gb * BYTES_PER_GB:
+            log.warning("Feature cache off: %d view(s) of %d training images would take %.2f GB, more than "
+                        "data.cache_max_gb=%.3g; the backbone runs every epoch. Raise data.cache_max_gb or lower "
+                        "data.cache_views.", self.views, len(datamodule.train_set), needed / BYTES_PER_GB, self.max_gb)
+            return None
+        train_features, train_labels = extract(datamodule.train_set, self.views)
+        return FeatureViews(train_features, train_labels, datamodule.seed), FeatureViews(val_features, val_labels)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.train_features is not None:
+            self.train_features.set_epoch(trainer.current_epoch)
