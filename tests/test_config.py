@@ -3,11 +3,10 @@
 from pathlib import Path
 
 import pytest
+from conftest import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-
-from conftest import CONFIG_DIR
 
 GROUPS = ["data", "backbone", "head", "mode", "loss", "optimizer", "scheduler", "experiment"]
 

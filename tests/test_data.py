@@ -6,11 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_image_folder
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
-from conftest import make_image_folder
-from transferlab.data import ImageFolderDataModule, default_num_workers, stratified_split
+from transferlab.data import (
+    ImageFolderDataModule,
+    default_num_workers,
+    stratified_split,
+)
 from transferlab.errors import ConfigError
 from transferlab.transforms import eval_transform
 

@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import PROXY_VARS, Server
+
 from transferlab.download import DownloadError, fetch_dataset
 
 FOLDER = "hymenoptera_data"

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_image_folder
 from torchvision.models import ResNet18_Weights
 from torchvision.transforms import RandomResizedCrop
 
 import transferlab.data
-from conftest import make_image_folder
 from transferlab.data import ImageFolderDataModule
 from transferlab.transforms import eval_transform, train_transform
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config, make_image_folder
 from omegaconf import OmegaConf
 
-from conftest import compose_config, make_image_folder
 from transferlab.checkpoint import load_classifier, preprocessing
 from transferlab.errors import ConfigError
 from transferlab.evaluate import evaluate, evaluation_set

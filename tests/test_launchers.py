@@ -8,9 +8,8 @@ import csv
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
-
 from conftest import CONFIG_DIR, FAST
+from hydra import compose, initialize_config_dir
 from test_cli import run_cli
 
 SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"

@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import FAST
+from PIL import Image
 from test_cli import run_cli
+
 from transferlab import report
 
 MODES = ["scratch", "finetune", "feature_extract"]

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST
 from interruptions import PoisonAtBatch
+
 from transferlab.errors import ConfigError
+from transferlab.files import write_json_atomically
 from transferlab.guards import NonFiniteLossError
 from transferlab.resume import AtomicCheckpointIO, checkpoint_to_resume
-from transferlab.files import write_json_atomically
 from transferlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_image_folder
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
-from conftest import make_image_folder
 from transferlab import scan
 from transferlab.data import ImageFolderDataModule
 from transferlab.errors import ConfigError

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from transferlab.module import TransferClassifier
-from transferlab.train import compiled, train
+from transferlab.train import compiled, train, use_channels_last
 
 
 def test_channels_last_with_bf16_autocast_trains_and_checkpoints(make_config, resnet18_weights):
@@ -36,3 +36,16 @@ def test_compiled_model_trains_and_saves_the_original_module(make_config):
     keys = torch.load(checkpoint, weights_only=True)["state_dict"].keys()
     assert "head.0.weight" in keys and not any("_orig_mod" in key for key in keys)
     assert TransferClassifier.load_from_checkpoint(checkpoint, weights=None).eval()(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+
+
+@pytest.mark.parametrize(("setting", "accelerator", "precision", "expected"), [
+    ("auto", "cpu", "32-true", True),  # measured faster on the CPU
+    ("auto", "gpu", "32-true", False),
+    ("auto", "gpu", "16-mixed", True),  # tensor cores
+    ("auto", "cuda", "bf16-mixed", True),
+    (False, "cpu", "32-true", False),
+    (True, "gpu", "32-true", True),
+])
+def test_channels_last_auto_is_on_except_on_a_gpu_in_32_bit(setting, accelerator, precision, expected):
+    trainer = OmegaConf.create({"accelerator": accelerator, "precision": precision})
+    assert use_channels_last(setting, trainer) is expected

@@ -7,9 +7,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose_config
 from transferlab.module import TransferClassifier
 from transferlab.train import train
 

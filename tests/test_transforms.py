@@ -8,7 +8,11 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
-from torchvision.models import EfficientNet_B0_Weights, ResNet18_Weights, ResNet50_Weights
+from torchvision.models import (
+    EfficientNet_B0_Weights,
+    ResNet18_Weights,
+    ResNet50_Weights,
+)
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 

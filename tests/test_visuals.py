@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CONFIG_DIR, FAST
 from hydra import compose, initialize_config_dir
 from matplotlib.colors import to_rgba
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -13,11 +14,18 @@ from torchvision.models import ResNet18_Weights
 from torchvision.transforms import Normalize
 from torchvision.transforms._presets import ImageClassification
 
-from conftest import CONFIG_DIR, FAST
 from transferlab.train import train
 from transferlab.transforms import denormalize
-from transferlab.visuals import (CORRECT_COLOUR, MISTAKE_COLOUR, PictureSample, TensorBoardImages, confusion_counts,
-                                 confusion_figure, predictions_figure, to_pictures)
+from transferlab.visuals import (
+    CORRECT_COLOUR,
+    MISTAKE_COLOUR,
+    PictureSample,
+    TensorBoardImages,
+    confusion_counts,
+    confusion_figure,
+    predictions_figure,
+    to_pictures,
+)
 
 NAMES = ["ant", "bee", "wasp"]
 

@@ -82,9 +82,7 @@ def build_backbone(name: str, weights: str | None, classifier: str | None = None
     it was trained on the same classes.
     """
     check_name(name)
-    if weights is None:
-        model = get_model(name, weights=None)
-    elif is_weights_file(weights):
+    if weights is None or is_weights_file(weights):
         model = get_model(name, weights=None)
     else:
         model = _download_pretrained(name, named_weights(name, weights))

@@ -18,7 +18,14 @@ from transferlab.errors import ConfigError
 from transferlab.image_cache import BYTES_PER_GB, DecodedImageCache
 from transferlab.images import load_rgb
 from transferlab.ranks import is_global_zero
-from transferlab.scan import PIL_MAX_IMAGE_PIXELS, ScanReport, count_kinds, log_warnings, scan_dataset, write_skipped
+from transferlab.scan import (
+    PIL_MAX_IMAGE_PIXELS,
+    ScanReport,
+    count_kinds,
+    log_warnings,
+    scan_dataset,
+    write_skipped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +266,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _folder(self, split: Path, transform: Callable, bad: set[str]) -> ImageFolder:
         """The split's ImageFolder without the ``bad`` files."""
-        usable = lambda path: has_file_allowed_extension(path, IMG_EXTENSIONS) and path not in bad  # noqa: E731
+        usable = lambda path: has_file_allowed_extension(path, IMG_EXTENSIONS) and path not in bad
         try:
             return ClassFolder(str(split), transform=transform, loader=RGBLoader(self.max_image_pixels),
                                is_valid_file=usable)
@@ -301,7 +308,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def _record_split(self, dataset: ImageFolder, train_idx: list[int], val_idx: list[int]) -> None:
         if self.split_file is None or not is_global_zero():  # DDP: rank zero writes the run folder
             return
-        relative = lambda i: os.path.relpath(dataset.samples[i][0], dataset.root)  # noqa: E731
+        relative = lambda i: os.path.relpath(dataset.samples[i][0], dataset.root)
         record = {"val_split": self.val_split, "seed": self.seed,
                   "train": [relative(i) for i in train_idx], "val": [relative(i) for i in val_idx]}
         self.split_file.parent.mkdir(parents=True, exist_ok=True)

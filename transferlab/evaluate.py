@@ -24,12 +24,18 @@ from torchmetrics.classification import (
 )
 from torchvision.datasets import ImageFolder
 
-from transferlab.checkpoint import load_classifier, preprocessing, resolve_device, run_cli, run_folder
+from transferlab.checkpoint import (
+    load_classifier,
+    preprocessing,
+    resolve_device,
+    run_cli,
+    run_folder,
+)
 from transferlab.data import class_folders, default_num_workers
 from transferlab.errors import ConfigError
+from transferlab.files import write_json_atomically
 from transferlab.images import load_rgb
 from transferlab.module import TransferClassifier
-from transferlab.files import write_json_atomically
 
 USAGE = ("python -m transferlab.evaluate ckpt=PATH data.root=DIR [split=auto|test|val|train] [output=DIR] "
          "[batch_size=32] [num_workers=null] [device=auto|cpu|cuda]")

@@ -20,8 +20,8 @@ from torch import nn
 
 from transferlab.checkpoint import input_size, load_classifier, preprocessing, run_cli
 from transferlab.errors import ConfigError
-from transferlab.module import TransferClassifier
 from transferlab.files import write_json_atomically
+from transferlab.module import TransferClassifier
 
 log = logging.getLogger(__name__)
 

@@ -115,7 +115,7 @@ class TransferClassifier(pl.LightningModule):
         The backbone group exists even while the backbone is frozen (empty), except in
         ``feature_extract`` where it never trains: see ``transferlab.finetuning``.
         """
-        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]  # noqa: E731
+        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
         groups = [{"name": "head", "params": trainable(self.head), "lr_scale": 1.0}]
         if self.hparams.mode != "feature_extract":
             groups.insert(0, {"name": BACKBONE_GROUP, "params": trainable(self.backbone),

@@ -16,7 +16,13 @@ from omegaconf import MISSING, DictConfig
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from transferlab.checkpoint import input_size, load_classifier, preprocessing, resolve_device, run_cli
+from transferlab.checkpoint import (
+    input_size,
+    load_classifier,
+    preprocessing,
+    resolve_device,
+    run_cli,
+)
 from transferlab.data import default_num_workers
 from transferlab.errors import ConfigError
 from transferlab.images import load_rgb

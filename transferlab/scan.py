@@ -268,7 +268,7 @@ def find_leakage(train: list[tuple[Path, FileCheck]], val: list[tuple[Path, File
     """Train images byte-identical to a val image; only files whose size occurs in both splits are hashed."""
     val_sizes = {check.size for _, check in val}
     shared = {check.size for _, check in train} & val_sizes
-    digest = lambda path, check: check.digest or _store_digest(path, check, cache)  # noqa: E731
+    digest = lambda path, check: check.digest or _store_digest(path, check, cache)
     val_by_digest: dict[str, Path] = {}
     for path, check in val:
         if check.size in shared:

@@ -21,12 +21,17 @@ from transferlab.backbones import check_name, preprocessing_weights
 from transferlab.data import ImageFolderDataModule
 from transferlab.errors import ConfigError
 from transferlab.features import feature_cache
+from transferlab.files import write_json_atomically
 from transferlab.guards import FiniteLoss
 from transferlab.module import TransferClassifier, class_weights
-from transferlab.resume import AtomicCheckpointIO, CheckpointOnInterrupt, RandomState, checkpoint_to_resume
-from transferlab.files import write_json_atomically
 from transferlab.ranks import check_launch, is_global_zero, log_to_console_only
 from transferlab.results import RunSummary
+from transferlab.resume import (
+    AtomicCheckpointIO,
+    CheckpointOnInterrupt,
+    RandomState,
+    checkpoint_to_resume,
+)
 from transferlab.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -65,7 +70,7 @@ def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule
 
 def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int] | None = None) -> TransferClassifier:
     """The LightningModule, from primitives only, so checkpoints load without Hydra."""
-    container = lambda node: OmegaConf.to_container(node, resolve=True) if node is not None else None  # noqa: E731
+    container = lambda node: OmegaConf.to_container(node, resolve=True) if node is not None else None
     return TransferClassifier(
         backbone=cfg.backbone.name,
         class_names=class_names,
@@ -80,8 +85,17 @@ def build_model(cfg: DictConfig, class_names: list[str], class_counts: list[int]
         image_size=cfg.data.image_size,
         label_smoothing=cfg.get("loss", {}).get("label_smoothing", 0.0),
         class_weights=class_weights(cfg.get("loss", {}).get("class_weights"), class_counts or []),
-        channels_last=cfg.get("channels_last", False),
+        channels_last=use_channels_last(cfg.get("channels_last", False), cfg.trainer),
     )
+
+
+def use_channels_last(setting: bool | str, trainer: DictConfig) -> bool:
+    """``channels_last``: true, false, or ``auto``: on unless the run is on a GPU at 32-bit precision."""
+    if setting != "auto":
+        return bool(setting)
+    accelerator = str(trainer.get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return not on_gpu or str(trainer.get("precision", "32-true")) not in ("32-true", "32", "64-true", "64")
 
 
 def compiled(model: TransferClassifier, settings: DictConfig | None) -> pl.LightningModule:
