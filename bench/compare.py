@@ -209,7 +209,7 @@ def run_transferlab(args: argparse.Namespace, weights: Path, output_dir: Path, e
                     name: str = "transferlab") -> dict[str, Any]:
     """Compose the real ``conf/train.yaml`` with the shared settings and train; timings as the reference's."""
     # Imported here, so that --help and the reference run need nothing from transferlab.
-    from transferlab.train import train
+    from transferlab.cli.train import train
 
     overrides = transferlab_overrides(args, weights, output_dir, extra)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

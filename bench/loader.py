@@ -51,7 +51,7 @@ def tutorial(data: Path, image_size: int, batch_size: int, workers: int, epochs:
 
 def transferlab(data: Path, image_size: int, batch_size: int, workers: int, epochs: int,
                 cache: bool) -> tuple[float, list[float], int]:
-    from transferlab.train import build_datamodule
+    from transferlab.cli.train import build_datamodule
 
     overrides = ["data=image_folder", f"data.root={hydra_value(data.resolve())}", f"data.image_size={image_size}",
                  f"data.batch_size={batch_size}", f"data.num_workers={workers}", f"data.cache_images={cache}"]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, get_model
 
-from transferlab.backbones import build_backbone, is_weights_file
+from transferlab.model.backbones import build_backbone, is_weights_file
 from transferlab.errors import ConfigError
 
 CACHE_NAME = ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]

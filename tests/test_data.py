@@ -10,13 +10,9 @@ from conftest import make_image_folder
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
-from transferlab.data import (
-    ImageFolderDataModule,
-    default_num_workers,
-    stratified_split,
-)
+from transferlab.data.datamodule import ImageFolderDataModule, stratified_split
 from transferlab.errors import ConfigError
-from transferlab.transforms import eval_transform
+from transferlab.data.transforms import eval_transform
 
 PREPROCESS = eval_transform(ResNet18_Weights.DEFAULT, 32)
 
@@ -92,7 +88,3 @@ def test_bad_folders_get_a_clear_error(tmp_path, break_folder, expected):
         datamodule(root).setup("fit")
     assert expected in str(error.value)
     assert str(root) in str(error.value)
-
-
-def test_num_workers_default_is_the_available_cores_capped():
-    assert 1 <= default_num_workers() <= 8

@@ -1,6 +1,7 @@
 """Training in several processes (``trainer=ddp``; gloo on the CPU): the same model as one process with the
 same global batch, each process trains on its own part of every epoch, and only rank zero writes files."""
 
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from transferlab import ranks
-from transferlab.data import EpochShuffle
+from transferlab.data.datamodule import EpochShuffle
 from transferlab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,13 @@ VARIANTS = {
     # the whole network trains: VGG-11 has no BatchNorm, whose batch statistics would differ on
     # half batches (torch's SyncBatchNorm, which would fix that, refuses CPU tensors)
     "finetune": ["mode=finetune", "backbone=vgg16", "backbone.name=vgg11", "data.image_size=32"],
+    # the backbone becomes trainable at epoch 1, after Lightning wrapped the model in DistributedDataParallel
+    # (Lightning issue 20340); VGG-11 for the reason above, at the head's rate so that its step shows
+    "gradual": ["mode=gradual", "mode.unfreeze_at_epoch=1", "mode.backbone_lr_ratio=1.0", "backbone=vgg16",
+                "backbone.name=vgg11", "data.image_size=32"],
 }
+# In which of the two epochs each variant's backbone trains.
+BACKBONE_TRAINS = {"feature_extract": (False, False), "finetune": (True, True), "gradual": (False, True)}
 
 
 def start_cli(run_dir: Path, *overrides: str) -> subprocess.Popen:
@@ -79,15 +86,40 @@ def sampler_order(folder: Path, rank: int, epoch: int) -> dict:
     return json.loads((folder / f"rank{rank}_epoch{epoch}.json").read_text())
 
 
+class RecordWeights(pl.Callback):
+    """Writes ``folder/rank<R>_epoch<E>.json`` at the end of each epoch: for each of this process's weights (only rank
+    zero's are checkpointed), a digest and how far it moved in the epoch (its largest change). Loaded by the CLI via
+    +callbacks.X; ``folder`` lies outside the run folder."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.before: dict[str, torch.Tensor] = {}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.before = {name: value.clone() for name, value in pl_module.state_dict().items()}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        record = {name: {"sha256": hashlib.sha256(value.cpu().contiguous().numpy().tobytes()).hexdigest(),
+                         "moved": (value - self.before[name]).abs().max().item()}
+                  for name, value in pl_module.state_dict().items()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.json").write_text(json.dumps(record))
+
+
+def weights_record(folder: Path, rank: int, epoch: int) -> dict:
+    return json.loads((folder / f"rank{rank}_epoch{epoch}.json").read_text())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_two_processes_train_the_model_one_process_trains_with_the_same_global_batch(tmp_path, image_folder,
                                                                                        variant):
     common = [f"data.root={image_folder}", *FAST, *SAME_STEP, *VARIANTS[variant]]
-    probe = "+callbacks.order._target_=ddp_probe.RecordSamplerOrder"
+    probes = ["+callbacks.order._target_=ddp_probe.RecordSamplerOrder", f"+callbacks.order.folder={tmp_path / 'order'}",
+              "+callbacks.weights._target_=test_ddp.RecordWeights", f"+callbacks.weights.folder={tmp_path / 'weights'}"]
     # Both at once: the DDP run spends most of its time starting its second process.
     ddp = start_cli(tmp_path / "ddp", *common, "trainer=ddp", f"trainer.devices={PROCESSES}", "trainer.accelerator=cpu",
-                    f"data.batch_size={TRAIN_IMAGES // PROCESSES}", probe, f"+callbacks.order.folder={tmp_path / 'order'}")
+                    f"data.batch_size={TRAIN_IMAGES // PROCESSES}", *probes)
     single = start_cli(tmp_path / "single", *common, f"data.batch_size={TRAIN_IMAGES}")
     try:
         finish(single, tmp_path / "single")
@@ -107,6 +139,18 @@ def test_two_processes_train_the_model_one_process_trains_with_the_same_global_b
         assert [part["indices"] for part in parts] == lightnings_ddp_order(TRAIN_IMAGES, seed=42, epoch=epoch)
         orders.append(parts)
     assert orders[0] != orders[1]
+
+    # Every process ends each epoch with the same weights, bit for bit: DDP steps them with the same averaged
+    # gradients. The backbone moves in exactly the epochs it trains in (gradual: after Lightning wrapped the model in
+    # DistributedDataParallel), by far more than the tolerance below, so comparing with one process can tell a wrong
+    # backbone gradient.
+    for epoch, trains in enumerate(BACKBONE_TRAINS[variant]):
+        records = [weights_record(tmp_path / "weights", rank, epoch) for rank in range(PROCESSES)]
+        for name, weight in records[0].items():
+            assert all(record[name]["sha256"] == weight["sha256"] for record in records[1:]), \
+                f"epoch {epoch}: the processes' {name} differ"
+        moved = max(weight["moved"] for name, weight in records[0].items() if name.startswith("backbone."))
+        assert moved > 1e-3 if trains else moved == 0, f"epoch {epoch}: the backbone moved by {moved}"
 
     # The same weights, to float32 rounding: averaging the processes' gradients is the global batch's gradient.
     single_state, ddp_state = checkpoint(tmp_path / "single"), checkpoint(tmp_path / "ddp")
@@ -180,7 +224,7 @@ def test_only_global_rank_zero_counts_as_rank_zero(monkeypatch, rank, node, expe
 ])
 def test_only_rank_zero_writes_the_data_files_and_failure_json(tmp_path, monkeypatch, rank, written):
     """split.json, scan.json, skipped.txt, failure.json (results.json and checkpoints: Lightning's rank zero)."""
-    from transferlab.train import build_datamodule, record_failure
+    from transferlab.cli.train import build_datamodule, record_failure
 
     images = make_image_folder(tmp_path / "images", per_class=4, splits=("train",))  # no val/: split.json
     (images / "train" / "blue" / "broken.png").write_bytes(b"not an image")  # skipped.txt

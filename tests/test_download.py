@@ -8,13 +8,14 @@ import logging
 import socket
 import stat
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import PROXY_VARS, Server
 
-from transferlab.download import DownloadError, fetch_dataset
+from transferlab.data.download import DownloadError, fetch_dataset
 
 FOLDER = "hymenoptera_data"
 GOOD_FILES = {
@@ -50,18 +51,24 @@ def make_zip(path: Path, files: dict[str, bytes], symlinks: dict[str, str] | Non
 
 
 def make_tar_gz(
-    path: Path, files: dict[str, bytes], symlinks: dict[str, str] | None = None
+    path: Path,
+    files: dict[str, bytes],
+    symlinks: dict[str, str] | None = None,
+    hardlinks: dict[str, str] | None = None,
 ) -> Path:
+    """Files first, then symlinks, then hard links, each in the order given."""
     with tarfile.open(path, "w:gz") as tf:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-        for name, target in (symlinks or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.SYMTYPE
-            info.linkname = target
-            tf.addfile(info)
+        links = [(tarfile.SYMTYPE, symlinks or {}), (tarfile.LNKTYPE, hardlinks or {})]
+        for kind, targets in links:
+            for name, target in targets.items():
+                info = tarfile.TarInfo(name)
+                info.type = kind
+                info.linkname = target
+                tf.addfile(info)
     return path
 
 
@@ -136,7 +143,9 @@ def test_sha256_is_case_insensitive(server: Server, dest: Path) -> None:
         pytest.param(
             {f"{FOLDER}/sub/../../../evil.txt": b"evil"}, None, "../evil.txt", id="nested-dotdot"
         ),
+        pytest.param({"..\\evil.txt": b"evil"}, None, "evil.txt", id="backslash-dotdot"),
         pytest.param({"ABSOLUTE": b"evil"}, None, "ABSOLUTE", id="absolute"),
+        pytest.param({f"C:/{FOLDER}/a.jpg": b"evil"}, None, "C:/", id="drive"),
         pytest.param(
             {f"{FOLDER}/a.jpg": b"x"},
             {f"{FOLDER}/link": "../../outside"},
@@ -172,26 +181,67 @@ def test_malicious_zip_is_refused(
     assert [e for e in all_entries(tmp_path) if not e.startswith("data")] == outside_before
 
 
-def test_zip_symlink_inside_is_allowed(server: Server, dest: Path) -> None:
+def test_zip_symlink_is_refused_even_inside(server: Server, dest: Path) -> None:
+    # zipfile would write the link as a small file holding "train/ants/a.jpg": a wrong data set.
     make_zip(server.root / "ok.zip", GOOD_FILES, {f"{FOLDER}/alias.jpg": "train/ants/a.jpg"})
-    result = fetch_dataset(server.url("ok.zip"), dest, FOLDER, progress=False)
-    assert (result / "train/ants/a.jpg").read_bytes() == b"ant-a-bytes"
-    assert (result / "alias.jpg").exists()
+
+    with pytest.raises(DownloadError, match="is a symbolic link") as err:
+        fetch_dataset(server.url("ok.zip"), dest, FOLDER, progress=False)
+
+    assert f"{FOLDER}/alias.jpg" in str(err.value)
+    assert_nothing_left(dest)
 
 
 @pytest.mark.parametrize(
-    ("symlinks", "bad_member", "reason"),
+    ("files", "symlinks", "hardlinks", "bad_member", "reason"),
     [
+        pytest.param({"../evil.txt": b"evil"}, {}, {}, "../evil.txt", "outside", id="dotdot"),
         pytest.param(
-            {f"{FOLDER}/passwd": "/etc/passwd"}, f"{FOLDER}/passwd", "absolute path", id="absolute"
+            {f"{FOLDER}/sub/../../../evil.txt": b"evil"},
+            {},
+            {},
+            "../evil.txt",
+            "outside",
+            id="nested-dotdot",
         ),
-        pytest.param({f"{FOLDER}/x": "../../x"}, f"{FOLDER}/x", "outside", id="dotdot"),
+        # tarfile's filter would strip the '/' and extract it inside: refused instead.
+        pytest.param({"ABSOLUTE": b"evil"}, {}, {}, "ABSOLUTE", "absolute path", id="absolute"),
         pytest.param(
-            # 'up' itself stays inside, but a link placed *through* it would escape.
-            {f"{FOLDER}/sub/up": "../..", f"{FOLDER}/sub/up/esc": "../outside.txt"},
+            {},
+            {f"{FOLDER}/passwd": "/etc/passwd"},
+            {},
+            f"{FOLDER}/passwd",
+            "absolute path",
+            id="symlink-absolute",
+        ),
+        pytest.param(
+            {}, {f"{FOLDER}/x": "../../x"}, {}, f"{FOLDER}/x", "outside", id="symlink-dotdot"
+        ),
+        pytest.param(
+            # 'up' itself stays inside the folder, but a link placed *through* it escapes,
+            # although its name and target look harmless when read as plain text.
+            {},
+            {f"{FOLDER}/sub/up": "..", f"{FOLDER}/sub/up/esc": "../../outside.txt"},
+            {},
             f"{FOLDER}/sub/up/esc",
-            "goes through the symbolic link",
+            "outside",
             id="through-symlink",
+        ),
+        pytest.param(
+            {},
+            {},
+            {f"{FOLDER}/passwd": "/etc/passwd"},
+            f"{FOLDER}/passwd",
+            "absolute path",
+            id="hardlink-absolute",
+        ),
+        pytest.param(
+            {},
+            {},
+            {f"{FOLDER}/x": "../outside.txt"},
+            f"{FOLDER}/x",
+            "outside",
+            id="hardlink-dotdot",
         ),
     ],
 )
@@ -199,11 +249,17 @@ def test_malicious_tar_is_refused(
     server: Server,
     dest: Path,
     tmp_path: Path,
+    files: dict[str, bytes],
     symlinks: dict[str, str],
+    hardlinks: dict[str, str],
     bad_member: str,
     reason: str,
 ) -> None:
-    make_tar_gz(server.root / "evil.tar.gz", GOOD_FILES, symlinks)
+    absolute = str(tmp_path / "abs.txt")
+    files = {(absolute if k == "ABSOLUTE" else k): v for k, v in files.items()}
+    bad_member = absolute if bad_member == "ABSOLUTE" else bad_member
+    (tmp_path / "outside.txt").write_bytes(b"private")
+    make_tar_gz(server.root / "evil.tar.gz", {**GOOD_FILES, **files}, symlinks, hardlinks)
     outside_before = all_entries(tmp_path)
 
     with pytest.raises(DownloadError) as err:
@@ -211,12 +267,56 @@ def test_malicious_tar_is_refused(
 
     assert bad_member in str(err.value)
     assert reason in str(err.value)
+    assert "Refusing" in str(err.value)
+    assert not (tmp_path / "evil.txt").exists()
+    assert not Path(absolute).exists()
+    assert (tmp_path / "outside.txt").read_bytes() == b"private"
     assert_nothing_left(dest)
     assert [e for e in all_entries(tmp_path) if not e.startswith("data")] == outside_before
 
 
+@pytest.mark.parametrize(
+    ("symlinks", "hardlinks", "bad_member"),
+    [
+        pytest.param({f"{FOLDER}/steal": "../private"}, {}, f"{FOLDER}/steal", id="symlink"),
+        pytest.param(
+            # Read as text, 'sub/up/steal -> ../private' stays inside; 'up' makes it a sibling.
+            {f"{FOLDER}/sub/up": "..", f"{FOLDER}/sub/up/steal": "../private"},
+            {},
+            f"{FOLDER}/sub/up/steal",
+            id="through-symlink",
+        ),
+        pytest.param(
+            {}, {f"{FOLDER}/steal": "private/secret.txt"}, f"{FOLDER}/steal", id="hardlink"
+        ),
+    ],
+)
+def test_tar_link_out_of_the_data_set_folder_is_refused(
+    server: Server,
+    dest: Path,
+    symlinks: dict[str, str],
+    hardlinks: dict[str, str],
+    bad_member: str,
+) -> None:
+    # Inside the extraction directory, so tarfile's filter allows it; but only FOLDER is kept.
+    files = {**GOOD_FILES, "private/secret.txt": b"secret"}
+    make_tar_gz(server.root / "sibling.tar.gz", files, symlinks, hardlinks)
+
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(server.url("sibling.tar.gz"), dest, FOLDER, progress=False)
+
+    assert bad_member in str(err.value)
+    assert f"outside the data-set folder {FOLDER!r}" in str(err.value)
+    assert_nothing_left(dest)
+
+
 def test_good_tar_gz_is_extracted(server: Server, dest: Path) -> None:
-    archive = make_tar_gz(server.root / "ok.tgz", GOOD_FILES, {f"{FOLDER}/latest": "train"})
+    # Links inside the folder are kept; links elsewhere in the archive are neither checked
+    # against the folder nor kept.
+    files = {**GOOD_FILES, "extras/notes.txt": b"notes"}
+    symlinks = {f"{FOLDER}/latest": "train", "extras/alias": "notes.txt"}
+    hardlinks = {f"{FOLDER}/copy.jpg": f"{FOLDER}/train/ants/a.jpg"}
+    archive = make_tar_gz(server.root / "ok.tgz", files, symlinks, hardlinks)
 
     digest = sha256_of(archive)
     result = fetch_dataset(server.url("ok.tgz"), dest, FOLDER, sha256=digest, progress=False)
@@ -225,7 +325,44 @@ def test_good_tar_gz_is_extracted(server: Server, dest: Path) -> None:
         assert (dest / name).read_bytes() == data
     assert (result / "latest").is_symlink()
     assert (result / "latest" / "ants" / "a.jpg").read_bytes() == b"ant-a-bytes"
+    assert (result / "copy.jpg").read_bytes() == b"ant-a-bytes"
     assert [p.name for p in dest.iterdir()] == [FOLDER]
+
+
+def test_tar_needs_python_with_extraction_filters(
+    server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tar_gz(server.root / "ok.tgz", GOOD_FILES)
+    monkeypatch.delattr(tarfile, "data_filter")  # as on Python < 3.10.12 / 3.11.4
+
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(server.url("ok.tgz"), dest, FOLDER, progress=False)
+
+    assert server.url("ok.tgz") in str(err.value)
+    assert "3.11.4" in str(err.value)
+    assert_nothing_left(dest)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_refused_archive_leaves_no_temporary_files(
+    server: Server, dest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # The bad link comes after the good files, so the tar is refused half-way through extraction.
+    bad = {f"{FOLDER}/zz-link": "../../outside"}
+    if kind == "zip":
+        make_zip(server.root / "evil", GOOD_FILES, bad)
+    else:
+        make_tar_gz(server.root / "evil", GOOD_FILES, bad)
+    system_tmp = tmp_path / "system-tmp"  # catches temporaries created outside dest as well
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+
+    with pytest.raises(DownloadError, match="Refusing"):
+        fetch_dataset(server.url("evil"), dest, FOLDER, progress=False)
+
+    assert dest.is_dir()  # the download did start in dest ...
+    assert_nothing_left(dest)  # ... and no .download file or .extract directory is left there
+    assert all_entries(system_tmp) == []
 
 
 def test_archive_without_expected_folder(server: Server, dest: Path) -> None:
@@ -288,9 +425,10 @@ def test_existing_folder_needs_no_network(dest: Path) -> None:
     assert fetch_dataset(url, dest, FOLDER, progress=False) == dest / FOLDER
 
 
-def test_invalid_folder_name(dest: Path) -> None:
+@pytest.mark.parametrize("folder", ["../escape", "..", "a/b", "a\\b", "/abs", "C:x", ""])
+def test_invalid_folder_name(dest: Path, folder: str) -> None:
     with pytest.raises(DownloadError, match="single directory name"):
-        fetch_dataset("http://127.0.0.1:1/x.zip", dest, "../escape", progress=False)
+        fetch_dataset("http://127.0.0.1:1/x.zip", dest, folder, progress=False)
 
 
 def test_missing_sha256_logs_hash(
@@ -299,7 +437,7 @@ def test_missing_sha256_logs_hash(
     archive = make_zip(server.root / "hymenoptera.zip", GOOD_FILES)
     digest = sha256_of(archive)
 
-    with caplog.at_level(logging.WARNING, logger="transferlab.download"):
+    with caplog.at_level(logging.WARNING, logger="transferlab.data.download"):
         fetch_dataset(server.url("hymenoptera.zip"), dest, FOLDER, sha256=None, progress=False)
 
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

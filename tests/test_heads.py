@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from transferlab.heads import build_head
+from transferlab.model.heads import build_head
 
 
 def describe(head: nn.Sequential) -> list[tuple]:

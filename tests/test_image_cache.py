@@ -9,9 +9,9 @@ from conftest import make_image_folder
 from torchvision.models import ResNet18_Weights
 from torchvision.transforms import RandomResizedCrop
 
-import transferlab.data
-from transferlab.data import ImageFolderDataModule
-from transferlab.transforms import eval_transform, train_transform
+import transferlab.data.datamodule
+from transferlab.data.datamodule import ImageFolderDataModule
+from transferlab.data.transforms import eval_transform, train_transform
 
 IMAGE_SIZE = 32
 PREPROCESS = eval_transform(ResNet18_Weights.DEFAULT, IMAGE_SIZE)  # resize to 37, crop 32
@@ -34,7 +34,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         decoded.append(str(path))
         return original(path)
 
-    monkeypatch.setattr(transferlab.data, "load_rgb", counted)
+    monkeypatch.setattr(transferlab.data.datamodule, "load_rgb", counted)
     return decoded
 
 

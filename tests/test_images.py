@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferlab.images import load_rgb, to_rgb
+from transferlab.data.images import load_rgb, to_rgb
 
 SIZE = (6, 4)  # width, height: not square, so a swapped size would show
 

@@ -13,14 +13,14 @@ import torch
 from conftest import compose_config, make_image_folder
 from omegaconf import OmegaConf
 
-from transferlab.checkpoint import load_classifier, preprocessing
+from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.errors import ConfigError
-from transferlab.evaluate import evaluate, evaluation_set
-from transferlab.evaluate import main as evaluate_main
-from transferlab.export import export_model, load_exported
-from transferlab.predict import list_images, predict_files, write_csv
-from transferlab.predict import main as predict_main
-from transferlab.train import train
+from transferlab.cli.evaluate import evaluate, evaluation_set
+from transferlab.cli.evaluate import main as evaluate_main
+from transferlab.cli.export import export_model, load_exported
+from transferlab.cli.predict import list_images, predict_files, write_csv
+from transferlab.cli.predict import main as predict_main
+from transferlab.cli.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,6 +177,23 @@ def test_evaluate_on_a_folder_with_other_classes_fails_clearly(trained, tmp_path
                       batch_size=8, num_workers=0, device="cpu"))
 
 
+def test_evaluate_ignores_hidden_folders_as_training_does(trained, model, image_folder, tmp_path):
+    """Jupyter leaves ``val/.ipynb_checkpoints/``, macOS ``._name.png``: no class, no image, in training or here."""
+    _, results, best = trained
+    root = tmp_path / "data"
+    shutil.copytree(image_folder / "val", root / "val")
+    for hidden in (root / "val" / ".ipynb_checkpoints", root / "val" / "red" / ".ipynb_checkpoints"):
+        hidden.mkdir()
+        shutil.copy(image_folder / "val" / "red" / "000.png", hidden / "000-checkpoint.png")
+    (root / "val" / "blue" / "._000.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # AppleDouble metadata
+    dataset, split, _ = evaluation_set(root, "auto", model.hparams.class_names, transform=None)
+    assert split == "val" and dataset.classes == ["blue", "green", "red"] and len(dataset) == 36
+    report = evaluate(args(ckpt=str(best), data={"root": str(root)}, split="auto", output=str(tmp_path / "ev"),
+                           batch_size=36, num_workers=0, device="cpu"))
+    assert report["classes"] == model.hparams.class_names and report["num_images"] == 36
+    assert report["accuracy"] == pytest.approx(results["best_val_acc"], abs=1e-6)
+
+
 def test_evaluate_prefers_test_and_falls_back_to_the_runs_held_out_split(trained, model, image_folder, tmp_path):
     run_dir, results, best = trained
     transform = preprocessing(model)
@@ -229,13 +246,13 @@ def test_command_lines_run_end_to_end(trained, image_folder, tmp_path):
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    out = run("transferlab.predict", f"ckpt={best}", f"input={image_folder / 'val'}", "top_k=2", "num_workers=0",
+    out = run("transferlab.cli.predict", f"ckpt={best}", f"input={image_folder / 'val'}", "top_k=2", "num_workers=0",
               "device=cpu")
     rows = read_csv(tmp_path / "preds.csv")  # default output: the working directory
     assert len(rows) == 36 and "Predicted 36 image(s)" in out
-    out = run("transferlab.evaluate", f"ckpt={best}", f"data.root={image_folder}", f"output={tmp_path / 'ev'}",
+    out = run("transferlab.cli.evaluate", f"ckpt={best}", f"data.root={image_folder}", f"output={tmp_path / 'ev'}",
               "num_workers=0", "device=cpu")
     assert f"accuracy {results['best_val_acc']:.4f}" in out and "confusion matrix" in out
     assert (tmp_path / "ev" / "best_val.json").is_file() and (tmp_path / "ev" / "best_val_confusion.png").is_file()
-    out = run("transferlab.export", f"ckpt={best}", "format=torchscript")
+    out = run("transferlab.cli.export", f"ckpt={best}", "format=torchscript")
     assert (best.parent / "best.torchscript.pt").is_file() and (best.parent / "best.torchscript.pt.json").is_file()

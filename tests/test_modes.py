@@ -6,8 +6,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from transferlab.finetuning import BACKBONE_GROUP
-from transferlab.train import train
+from transferlab.model.modes import BACKBONE_GROUP
+from transferlab.cli.train import train
 
 LEARN = ["data.batch_size=6", "trainer.max_epochs=5", "optimizer=adam", "optimizer.lr=0.001"]
 

@@ -9,7 +9,7 @@ from conftest import FAST
 from PIL import Image
 from test_cli import run_cli
 
-from transferlab import report
+from transferlab.run import report, report_output, report_runs
 
 MODES = ["scratch", "finetune", "feature_extract"]
 
@@ -24,8 +24,8 @@ def table_rows(markdown: str) -> list[str]:
     return [line for line in markdown.splitlines() if line.startswith("|")][2:]
 
 
-def lines_per_axes(runs: list[report.Run]) -> list[list[str]]:
-    return [[line.get_label() for line in ax.get_lines()] for ax in report.plot_curves(runs).axes]
+def lines_per_axes(runs: list[report_runs.Run]) -> list[list[str]]:
+    return [[line.get_label() for line in ax.get_lines()] for ax in report_output.plot_curves(runs).axes]
 
 
 @pytest.mark.slow
@@ -64,7 +64,7 @@ def test_a_sweep_over_the_modes_leaves_a_report_that_matches_its_runs(tmp_path, 
     with Image.open(sweep_dir / "curves.png") as image:
         image.verify()
         assert image.format == "PNG"
-    runs, _ = report.read_runs(report.find_runs([sweep_dir]))
+    runs, _ = report_runs.read_runs(report_runs.find_runs([sweep_dir]))
     assert [sorted(labels) for labels in lines_per_axes(runs)] == [sorted(f"mode={m}" for m in MODES)] * 3
 
     # The command line rebuilds the very same files in place.
@@ -114,14 +114,13 @@ def test_report_mixes_sweeps_and_puts_failed_runs_last_with_their_error(tmp_path
     assert failed["error"] == "ConfigError: data.root /a does not exist"
     assert failed["best_val_acc"] == "" and "data.root=/a" in failed["overrides"]
 
+    runs, keys = report_runs.read_runs(report_runs.find_runs([monday, tuesday]))
     printed = capsys.readouterr().out
-    assert printed == report.to_markdown_table(*report.read_runs(report.find_runs([monday, tuesday])),
-                                               relative_to=out)
+    assert printed == report_output.to_markdown_table(runs, keys, relative_to=out)
     body = table_rows(printed)
     assert len(body) == 3 and "failed: ConfigError: data.root /a does not exist" in body[-1]
     assert table_rows((out / "summary.md").read_text()) == body
 
-    runs, _ = report.read_runs(report.find_runs([monday, tuesday]))
     assert lines_per_axes(runs) == [["mode=finetune optimizer=adam", "mode=scratch optimizer=sgd"]] * 3
     with Image.open(out / "curves.png") as image:
         image.verify()
@@ -130,7 +129,7 @@ def test_report_mixes_sweeps_and_puts_failed_runs_last_with_their_error(tmp_path
 def test_runs_with_the_same_settings_are_told_apart_by_their_folders(tmp_path):
     first = fake_run(tmp_path / "2024-05-06" / "0", ["mode=scratch"], acc=0.7)
     second = fake_run(tmp_path / "2024-05-07" / "0", ["mode=scratch"], acc=0.8)
-    runs, keys = report.read_runs(report.find_runs([first, second]))
+    runs, keys = report_runs.read_runs(report_runs.find_runs([first, second]))
     assert keys == [] and [run.label for run in runs] == ["0 (2024-05-07/0)", "0 (2024-05-06/0)"]
 
 
@@ -148,6 +147,41 @@ def test_a_failing_report_is_logged_not_raised(tmp_path, monkeypatch, caplog):
     from omegaconf import OmegaConf
 
     fake_run(tmp_path / "0", ["mode=scratch"], acc=0.5)
-    monkeypatch.setattr(report, "plot_curves", lambda runs: 1 / 0)
+    monkeypatch.setattr(report_output, "plot_curves", lambda runs: 1 / 0)
     report.SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert "Sweep report for" in caplog.text and "ZeroDivisionError" in caplog.text
+
+
+def test_overrides_are_read_by_hydras_own_parser():
+    assert report_runs.parse_overrides([
+        "++optimizer.lr=0.01", "+trainer.max_epochs=3", "mode=finetune", "data.name='a b'", 'logger.name="lr=0.01"',
+        "trainer.devices=[0, 1]", "seed=1,2", "~callbacks.lr_monitor", "~trainer.limit_val_batches=0.5",
+    ]) == {"optimizer.lr": "0.01", "trainer.max_epochs": "3", "mode": "finetune", "data.name": "a b",
+           "logger.name": "lr=0.01", "trainer.devices": "[0,1]", "seed": "1,2"}  # a sweep as written; no deletions
+
+
+def test_added_quoted_and_deleted_overrides_make_the_right_columns(tmp_path):
+    fake_run(tmp_path / "0", ["++optimizer.lr=0.01", 'logger.name="lr=0.01"', "~callbacks.lr_monitor"], acc=0.6)
+    fake_run(tmp_path / "1", ["optimizer.lr=0.1", "logger.name='a b'"], acc=0.8)
+    assert report.main([str(tmp_path)]) == 0
+
+    rows = read_csv(tmp_path / "summary.csv")
+    assert list(rows[0])[:4] == ["label", "optimizer.lr", "logger.name", "status"]  # no column for the deletion
+    assert [row["label"] for row in rows] == ["optimizer.lr=0.1 logger.name=a b",
+                                              "optimizer.lr=0.01 logger.name=lr=0.01"]
+    assert rows[1]["overrides"] == '++optimizer.lr=0.01 logger.name="lr=0.01" ~callbacks.lr_monitor'
+
+
+def test_override_values_compare_with_defaults_as_hydra_typed_them(tmp_path):
+    # 1e-3 is the float 0.001 to Hydra but a string to YAML 1.1, which also reads "on" as true.
+    fake_run(tmp_path / "0", ["optimizer.lr=1e-3", "logger.name=on"], acc=0.6)
+    kept = fake_run(tmp_path / "1", [], acc=0.8)
+    (kept / ".hydra" / "config.yaml").write_text("optimizer: {lr: 0.001}\nlogger: {name: 'off'}\n")
+    runs, keys = report_runs.read_runs(report_runs.find_runs([tmp_path]))
+    assert keys == ["logger.name"] and [run.label for run in runs] == ["logger.name=off", "logger.name=on"]
+
+
+def test_an_override_hydra_cannot_parse_is_logged_and_kept_as_written(caplog):
+    report_runs.parse_override.cache_clear()  # Hydra's reading is cached, and so logged once per override
+    assert report_runs.parse_overrides(["model.name=a=b", "mode=scratch"]) == {"model.name": "a=b", "mode": "scratch"}
+    assert "cannot parse the override 'model.name=a=b'" in caplog.text

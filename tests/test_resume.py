@@ -14,9 +14,9 @@ from interruptions import PoisonAtBatch
 
 from transferlab.errors import ConfigError
 from transferlab.files import write_json_atomically
-from transferlab.guards import NonFiniteLossError
-from transferlab.resume import AtomicCheckpointIO, checkpoint_to_resume
-from transferlab.train import train
+from transferlab.run.guards import NonFiniteLossError
+from transferlab.run.resume import AtomicCheckpointIO, checkpoint_to_resume
+from transferlab.cli.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"train_time_s", "train_images_per_s", "best_checkpoint"}

@@ -12,12 +12,12 @@ from conftest import make_image_folder
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
-from transferlab import scan
-from transferlab.data import ImageFolderDataModule
+from transferlab.data import scan
+from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.errors import ConfigError
-from transferlab.module import class_weights
-from transferlab.train import build_model, train
-from transferlab.transforms import eval_transform
+from transferlab.model.module import class_weights
+from transferlab.cli.train import build_model, train
+from transferlab.data.transforms import eval_transform
 
 PREPROCESS = eval_transform(ResNet18_Weights.DEFAULT, 32)
 BAD = {"corrupt.jpg": "truncated", "text.jpg": "not an image", "empty.png": "empty file"}
@@ -173,3 +173,19 @@ def test_a_split_smaller_than_one_batch_still_trains(tmp_path, make_config):
 def test_on_bad_image_must_be_error_or_skip(image_folder):
     with pytest.raises(ConfigError, match="data.on_bad_image='ignore'"):
         datamodule(image_folder, on_bad_image="ignore")
+
+
+def test_hidden_files_and_folders_are_neither_scanned_nor_warned_about_nor_used(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "data", per_class=2, size=32, classes=("blue", "red"))
+    (root / "train" / "red" / "._000.png").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # macOS AppleDouble: no image
+    for hidden in (root / "train" / "red" / ".ipynb_checkpoints", root / "val" / ".ipynb_checkpoints"):
+        hidden.mkdir()
+        shutil.copy(root / "train" / "red" / "000.png", hidden / "000-checkpoint.png")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(scan.Image, "open", lambda *a, **k: opened.append(Path(a[0])) or real_open(*a, **k))
+    data = datamodule(root)  # on_bad_image=error: the ._ file used to stop setup as "not an image"
+    data.setup("fit")
+    assert data.class_names == ["blue", "red"] and len(data.train_set) == 4 and len(data.val_set) == 4
+    assert data.scan_report.problems == [] and data.scan_report.warnings == []
+    assert opened and not any(part.startswith(".") for path in opened for part in path.relative_to(root).parts)

@@ -10,8 +10,8 @@ import torch
 from conftest import compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from transferlab.module import TransferClassifier
-from transferlab.train import train
+from transferlab.model.module import TransferClassifier
+from transferlab.cli.train import train
 
 RESULT_KEYS = {
     "backbone", "mode", "weights", "classes", "epochs_run", "best_epoch", "best_val_acc", "best_val_loss",

@@ -16,7 +16,7 @@ from torchvision.models import (
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from transferlab.transforms import eval_transform, train_transform
+from transferlab.data.transforms import eval_transform, train_transform
 
 # Stand-in weights with a preset unlike any ImageNet one, so hard-coded values would show.
 ODD = SimpleNamespace(

@@ -9,9 +9,9 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
 from transferlab.errors import ConfigError
+from transferlab.internals import SubprocessScriptLauncher
 
 # The job name Lightning's launcher gives the processes it starts (hydra.job.name=train_ddp_process_N),
 # so Hydra opened a log file of that name for them.
@@ -55,7 +55,7 @@ def check_launch(trainer: pl.Trainer) -> None:
     of its own. Processes that srun or torchrun start (``creates_processes_externally``) are fine.
     """
     launcher = trainer.strategy.launcher
-    if not (isinstance(launcher, _SubprocessScriptLauncher) and trainer.num_devices > 1
+    if not (isinstance(launcher, SubprocessScriptLauncher) and trainer.num_devices > 1
             and not launcher.cluster_environment.creates_processes_externally):
         return
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:

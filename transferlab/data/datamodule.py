@@ -1,9 +1,8 @@
 """The LightningDataModule over an image folder with ``train/`` and ``val/`` (or a carved-out val split)."""
 
-import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -11,14 +10,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from transferlab.download import fetch_dataset
+from transferlab.data.download import fetch_dataset
+from transferlab.data.folders import ClassFolder, class_folders, default_num_workers, is_image
+from transferlab.data.features import CacheFeatures, feature_cache
+from transferlab.data.image_cache import BYTES_PER_GB, IMAGE_CACHE_SETTINGS, SHRINK, DecodedImageCache
+from transferlab.data.transforms import Preprocessing
 from transferlab.errors import ConfigError
-from transferlab.image_cache import BYTES_PER_GB, DecodedImageCache
-from transferlab.images import load_rgb
+from transferlab.files import write_json_atomically
+from transferlab.layout import SCAN_CACHE, SKIPPED, SPLIT
+from transferlab.data.images import load_rgb
 from transferlab.ranks import is_global_zero
-from transferlab.scan import (
+from transferlab.data.scan import (
     PIL_MAX_IMAGE_PIXELS,
     ScanReport,
     count_kinds,
@@ -29,36 +32,8 @@ from transferlab.scan import (
 
 log = logging.getLogger(__name__)
 
-MAX_DEFAULT_WORKERS = 8  # beyond this, loader processes mostly compete for the same cores
 IMBALANCE_RATIO = 5  # largest / smallest class in train beyond which a warning suggests balanced weights
 ON_BAD_IMAGE = ("error", "skip")
-
-
-def default_num_workers() -> int:
-    """Loader processes: the CPU cores this process may use, capped."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cores, MAX_DEFAULT_WORKERS)
-
-
-def class_folders(split: Path) -> list[str]:
-    """Class names of an ImageFolder split, failing clearly on empty classes."""
-    classes = sorted(entry.name for entry in os.scandir(split) if entry.is_dir() and not entry.name.startswith("."))
-    if not classes:
-        raise ConfigError(
-            f"{split} has no class folders. Put each class's images in their own sub-folder: "
-            f"{split}/<class name>/<image>."
-        )
-    empty = [name for name in classes if not _has_images(split / name)]
-    if empty:
-        raise ConfigError(
-            f"Class folder(s) with no images in {split}: {', '.join(empty)}. Add images "
-            f"({', '.join(IMG_EXTENSIONS)}) or remove the folder(s)."
-        )
-    return classes
-
-
-def _has_images(folder: Path) -> bool:
-    return any(has_file_allowed_extension(name, IMG_EXTENSIONS) for _, _, names in os.walk(folder) for name in names)
 
 
 class RGBLoader:
@@ -70,14 +45,6 @@ class RGBLoader:
     def __call__(self, path: str) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = self.max_pixels
         return load_rgb(path)
-
-
-class ClassFolder(ImageFolder):
-    """An ImageFolder whose classes are the non-hidden sub-folders (as ``class_folders``)."""
-
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
-        return classes, {name: index for index, name in enumerate(classes)}
 
 
 def stratified_split(targets: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -117,8 +84,10 @@ class EpochShuffle(Sampler[int]):
 class ImageFolderDataModule(pl.LightningDataModule):
     """``root/train`` and ``root/val`` ImageFolder splits, one sub-folder per class.
 
-    Without ``root/val`` a stratified, seeded ``val_split`` of ``root/train`` is held out and the
-    file lists of both parts are written to ``split_file``. With ``download`` (a dict with ``url``,
+    Images go through ``preprocessing`` (built from the backbone's weights) with its crop set to
+    ``image_size``: ``augment`` and the normalisation for training, the eval transform for
+    validation. Without ``root/val`` a stratified, seeded ``val_split`` of ``root/train`` is held
+    out and the file lists of both parts are written to ``run_dir/split.json``. With ``download`` (a dict with ``url``,
     ``folder`` and optional ``sha256``) a missing ``root`` that is the download's target is
     downloaded first.
 
@@ -127,50 +96,55 @@ class ImageFolderDataModule(pl.LightningDataModule):
     ``run_dir/skipped.txt``). The scan is cached in ``run_dir/scan.json``. ``class_counts`` holds
     the number of training images per class.
 
-    With ``cache_images`` every image is decoded once at setup and kept in memory, shrunk so its
-    shorter side is ``cache_short_side`` (the eval resize size), up to ``cache_max_gb``; the
-    augmentation still runs every epoch, on the cached pixels.
+    With ``cache_images`` every image is decoded once at setup and kept in memory up to
+    ``cache_max_gb`` (see ``transferlab.data.image_cache``); ``cache_features`` and ``cache_views``
+    configure the feature cache of a frozen backbone (``feature_cache``). The defaults here are
+    those of ``conf/speed/default.yaml``.
     """
 
     def __init__(
         self,
         root: str,
-        train_transform: Callable,
-        eval_transform: Callable,
+        preprocessing: Preprocessing,
+        image_size: int | None = None,
+        augment: Sequence[Callable] = (),
         batch_size: int = 32,
         num_workers: int | None = None,
         val_split: float = 0.2,
         seed: int = 0,
         download: dict | None = None,
-        split_file: str | None = None,
-        pin_memory: bool | None = None,
         on_bad_image: str = "error",
         max_image_pixels: int | None = None,
-        run_dir: str | None = None,
-        cache_images: bool = False,
+        pin_memory: bool | None = None,
+        cache_images: bool | str = True,
         cache_max_gb: float = 2.0,
-        cache_short_side: int | None = None,
+        cache_features: bool | str = "auto",
+        cache_views: int | None = None,
+        run_dir: str | None = None,
     ) -> None:
         super().__init__()
         if on_bad_image not in ON_BAD_IMAGE:
             raise ConfigError(f"data.on_bad_image={on_bad_image!r} is not one of {', '.join(ON_BAD_IMAGE)}.")
-        self.save_hyperparameters(ignore=["train_transform", "eval_transform", "split_file", "run_dir"])
+        if cache_images not in IMAGE_CACHE_SETTINGS:
+            raise ConfigError(f"data.cache_images={cache_images!r} is not one of true, false, {SHRINK}.")
+        self.save_hyperparameters(ignore=["preprocessing", "augment", "run_dir"])
         self.root = Path(root).expanduser()
-        self.train_transform = train_transform
-        self.eval_transform = eval_transform
+        self.preprocessing = preprocessing.at_size(image_size)
+        self.augment = list(augment or [])
+        self.train_transform = self.preprocessing.train_transform(self.augment)
+        self.eval_transform = self.preprocessing.eval_transform()
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.val_split = val_split
         self.seed = seed
         self.download = download
-        self.split_file = Path(split_file) if split_file else None
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.on_bad_image = on_bad_image
         self.max_image_pixels = max_image_pixels or PIL_MAX_IMAGE_PIXELS
         self.run_dir = Path(run_dir) if run_dir else None
         self.cache_images = cache_images
         self.cache_max_gb = cache_max_gb
-        self.cache_short_side = cache_short_side
+        self.cache_features, self.cache_views = cache_features, cache_views
         self.image_cache: DecodedImageCache | None = None
         self.class_names: list[str] = []
         self.class_counts: list[int] = []
@@ -219,6 +193,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
             self._cache_decoded_images()
         log.info("Data: %d train / %d val images, classes %s", len(self.train_set), len(self.val_set), self.class_names)
 
+    def feature_cache(self, backbone_trains: bool) -> CacheFeatures | None:
+        """The callback that caches a frozen backbone's features, as ``cache_features``/``cache_views`` ask."""
+        return feature_cache(self.cache_features, backbone_trains=backbone_trains, augmented=bool(self.augment),
+                             views=self.cache_views, max_gb=self.cache_max_gb)
+
     def serve_features(self, train_set: Dataset, val_set: Dataset) -> None:
         """Serve precomputed backbone features (``transferlab.features``) instead of images.
 
@@ -232,8 +211,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         """Decode every image once into memory and make the data sets read from there."""
         folders = [dataset.dataset if isinstance(dataset, Subset) else dataset
                    for dataset in (self.train_set, self.val_set)]
-        self.image_cache = DecodedImageCache(folders[0].loader, self.cache_short_side,
-                                             int(self.cache_max_gb * BYTES_PER_GB))
+        short_side = self.preprocessing.resize_size if self.cache_images == SHRINK else None
+        self.image_cache = DecodedImageCache(folders[0].loader, short_side, int(self.cache_max_gb * BYTES_PER_GB))
         self.image_cache.fill([path for folder in folders for path, _ in folder.samples], self.num_workers)
         for folder in folders:
             folder.loader = self.image_cache
@@ -250,14 +229,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _scan(self, train_dir: Path, val_dir: Path | None) -> set[str]:
         """Scan every file; stop on bad ones, or return their paths to leave out (``on_bad_image=skip``)."""
-        cache = self.run_dir / "scan.json" if self.run_dir else None
+        cache = self.run_dir / SCAN_CACHE if self.run_dir else None
         report = self.scan_report = scan_dataset(train_dir, val_dir, cache, self.max_image_pixels)
         log_warnings(report)
         if not report.problems:
             return set()
         if self.on_bad_image == "error":
             raise ConfigError(report.error_message(self.root))
-        skipped = self.run_dir / "skipped.txt" if self.run_dir else None
+        skipped = self.run_dir / SKIPPED if self.run_dir else None
         if skipped:
             write_skipped(skipped, report.problems)
         log.warning("Skipping %d bad image file(s) (data.on_bad_image=skip): %s%s", len(report.problems),
@@ -266,7 +245,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def _folder(self, split: Path, transform: Callable, bad: set[str]) -> ImageFolder:
         """The split's ImageFolder without the ``bad`` files."""
-        usable = lambda path: has_file_allowed_extension(path, IMG_EXTENSIONS) and path not in bad
+        usable = lambda path: is_image(path) and path not in bad
         try:
             return ClassFolder(str(split), transform=transform, loader=RGBLoader(self.max_image_pixels),
                                is_valid_file=usable)
@@ -306,14 +285,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return train_dir, val_dir
 
     def _record_split(self, dataset: ImageFolder, train_idx: list[int], val_idx: list[int]) -> None:
-        if self.split_file is None or not is_global_zero():  # DDP: rank zero writes the run folder
+        if self.run_dir is None or not is_global_zero():  # DDP: rank zero writes the run folder
             return
         relative = lambda i: os.path.relpath(dataset.samples[i][0], dataset.root)
         record = {"val_split": self.val_split, "seed": self.seed,
                   "train": [relative(i) for i in train_idx], "val": [relative(i) for i in val_idx]}
-        self.split_file.parent.mkdir(parents=True, exist_ok=True)
-        self.split_file.write_text(json.dumps(record, indent=1))
-        log.info("No val/ folder: held out %d images; split recorded in %s", len(val_idx), self.split_file)
+        write_json_atomically(self.run_dir / SPLIT, record)
+        log.info("No val/ folder: held out %d images; split recorded in %s", len(val_idx), self.run_dir / SPLIT)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, sampler=EpochShuffle(len(self.train_set), self.seed))

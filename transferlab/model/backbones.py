@@ -1,7 +1,6 @@
 """Torchvision backbones: build by name, load weights (named, local file or checkpoint), cut off the classifier."""
 
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -12,7 +11,9 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights, list_models
 
+from transferlab.data.transforms import Preprocessing
 from transferlab.errors import ConfigError
+from transferlab.model.loading import load_safely
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,14 @@ def named_weights(name: str, weights: str) -> WeightsEnum:
         ) from None
 
 
-def preprocessing_weights(name: str, weights: str | None) -> WeightsEnum:
-    """The weights whose preprocessing (resize, crop, mean/std) a model built this way should use.
+def preprocessing_for(name: str, weights: str | None) -> Preprocessing:
+    """The preprocessing (resize, crop, mean/std) of a model ``name`` built with ``weights``.
 
     Named weights bring their own; random init and local files use the architecture's DEFAULT.
     """
     if weights is None or is_weights_file(weights):
-        return get_model_weights(name).DEFAULT
-    return named_weights(name, weights)
+        return Preprocessing.from_preset(get_model_weights(name).DEFAULT.transforms())
+    return Preprocessing.from_preset(named_weights(name, weights).transforms())
 
 
 def build_backbone(name: str, weights: str | None, classifier: str | None = None,
@@ -139,7 +140,9 @@ def _classifier_width(model: nn.Module, path: str, name: str) -> int:
 def _load_file(network: nn.Module, path: Path, name: str, classifier: str,
                class_names: list[str] | None) -> dict[str, torch.Tensor] | None:
     """Load a state dict or transferlab checkpoint into ``network``; return the reusable head, if any."""
-    content = _safe_load(path)
+    content = load_safely(path, "backbone.weights", "Give the path of a state-dict or checkpoint file saved with "
+                          "torch.save(model.state_dict(), path) from a trusted source, a torchvision weights name "
+                          "such as DEFAULT, or null.")
     if isinstance(content, dict) and "state_dict" in content and "hyper_parameters" in content:
         state = content["state_dict"]
         backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
@@ -157,28 +160,6 @@ def _load_file(network: nn.Module, path: Path, name: str, classifier: str,
     state = {k: v for k, v in content.items() if not _is_under(k, classifier)}
     _load_strict(network, state, path, name)
     return None
-
-
-def _safe_load(path: Path) -> object:
-    """``torch.load`` that never runs pickled code, with the failures explained."""
-    if not path.is_file():
-        raise ConfigError(
-            f"backbone.weights={path} does not exist. Give the path of a state-dict or checkpoint "
-            "file, a torchvision weights name such as DEFAULT, or null."
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ConfigError(
-            f"backbone.weights={path} was refused: it holds pickled objects other than tensors "
-            f"({error}). Loading it could run arbitrary code. Re-save only the tensors with "
-            "torch.save(model.state_dict(), path) from a trusted source."
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ConfigError(
-            f"backbone.weights={path} could not be read as a PyTorch file ({error}). Is it truncated "
-            "or of another format?"
-        ) from error
 
 
 def _load_strict(network: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:

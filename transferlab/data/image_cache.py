@@ -1,4 +1,11 @@
-"""Decoded images kept in memory, so that epochs after the first do no JPEG decoding."""
+"""Decoded images kept in memory, so that epochs after the first do no JPEG decoding.
+
+``data.cache_images=true`` keeps each image as decoded: the cache changes no pixel, so a run
+trains exactly as without it, whatever part of the data fits in ``data.cache_max_gb``.
+``data.cache_images=shrink`` is the named approximation: every image (cached or not, so one run
+never mixes the two) is shrunk to the eval resize size, so more fit in memory, and random crops
+are cut from the shrunk image rather than the full photo.
+"""
 
 import logging
 from collections.abc import Callable, Sequence
@@ -11,6 +18,8 @@ from torchvision.transforms import functional as F
 log = logging.getLogger(__name__)
 
 BYTES_PER_GB = 1024**3
+SHRINK = "shrink"
+IMAGE_CACHE_SETTINGS = (True, False, SHRINK)
 
 
 def shrink(image: Image.Image, short_side: int | None) -> Image.Image:
@@ -44,9 +53,9 @@ def _as_is(item: np.ndarray) -> np.ndarray:
 class DecodedImageCache:
     """An ImageFolder ``loader`` that serves images decoded once and held in memory as uint8 arrays.
 
-    ``fill`` decodes images (in parallel loader processes) and keeps them, shrunk so their shorter
-    side is ``short_side``, until ``max_bytes`` is reached; a path that is not cached is decoded by
-    ``load`` as before. Serving a cached image costs an array-to-PIL copy, so the random
+    ``fill`` decodes images (in parallel loader processes) and keeps them until ``max_bytes`` is
+    reached; a path that is not cached is decoded by ``load`` on every access. With ``short_side``
+    every image, cached or not, is shrunk so that its shorter side is at most ``short_side``. Serving a cached image costs an array-to-PIL copy, so the random
     augmentation still runs on every access. Loader processes forked after ``fill`` share the
     arrays with the parent process.
     """
@@ -58,7 +67,7 @@ class DecodedImageCache:
 
     def __call__(self, path: str) -> Image.Image:
         array = self.arrays.get(path)
-        return self.load(path) if array is None else Image.fromarray(array)
+        return shrink(self.load(path), self.short_side) if array is None else Image.fromarray(array)
 
     def fill(self, paths: Sequence[str], num_workers: int = 0) -> None:
         """Decode and keep ``paths`` in order, stopping at the first that would exceed the budget."""

@@ -9,12 +9,11 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from transferlab.backbones import build_backbone
 from transferlab.errors import ConfigError
-from transferlab.finetuning import BACKBONE_GROUP
-from transferlab.heads import build_head
+from transferlab.model.backbones import build_backbone, preprocessing_for
+from transferlab.model.heads import build_head
+from transferlab.model.modes import BACKBONE_GROUP, get_mode
 
-MODES = ("scratch", "finetune", "feature_extract", "gradual")
 CLASS_WEIGHTS = ("balanced",)
 
 
@@ -32,9 +31,11 @@ class TransferClassifier(pl.LightningModule):
     """A classifier made of ``self.backbone`` (a torchvision model without its classifier) and ``self.head``.
 
     Arguments are primitives, so ``TransferClassifier.load_from_checkpoint(path, weights=None)``
-    rebuilds it without Hydra or a download. ``optimizer`` and ``scheduler`` are Hydra
-    ``_target_`` configs (partials) that ``configure_optimizers`` completes with the parameters.
-    ``channels_last`` stores the backbone's weights and its input batches NHWC, which convolutions
+    rebuilds it without Hydra or a download. ``weights`` is what the backbone starts from (none when
+    the ``mode`` starts from random init); ``preprocessing`` (``Preprocessing.to_dict()``) is the
+    input pipeline the model is trained and validated with, kept in the checkpoint; by default that
+    of ``weights`` at its native size. ``optimizer`` and ``scheduler`` are Hydra ``_target_``
+    configs (partials) that ``configure_optimizers`` completes with the parameters. ``channels_last`` stores the backbone's weights and its input batches NHWC, which convolutions
     on tensor-core GPUs (and some CPUs) run faster.
     """
 
@@ -50,14 +51,16 @@ class TransferClassifier(pl.LightningModule):
         backbone_lr_ratio: float = 1.0,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
-        image_size: int | None = 224,
+        preprocessing: dict[str, Any] | None = None,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}.")
+        # save_hyperparameters() reads the arguments' current values: the weights actually started
+        # from, and the preprocessing actually used, are what the checkpoint records.
+        weights = get_mode(mode).initial_weights(weights)
+        preprocessing = preprocessing or preprocessing_for(backbone, weights).to_dict()
         self.save_hyperparameters()
         built = build_backbone(backbone, weights, classifier, class_names)
         self.backbone = built.network
@@ -112,12 +115,12 @@ class TransferClassifier(pl.LightningModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """``head`` and ``backbone`` groups of trainable parameters, with their learning-rate scale.
 
-        The backbone group exists even while the backbone is frozen (empty), except in
-        ``feature_extract`` where it never trains: see ``transferlab.finetuning``.
+        The backbone group exists even while the backbone is frozen (empty), unless the mode's
+        backbone never trains: see ``transferlab.model.modes``.
         """
         trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
         groups = [{"name": "head", "params": trainable(self.head), "lr_scale": 1.0}]
-        if self.hparams.mode != "feature_extract":
+        if get_mode(self.hparams.mode).backbone_trains:
             groups.insert(0, {"name": BACKBONE_GROUP, "params": trainable(self.backbone),
                               "lr_scale": self.hparams.backbone_lr_ratio})
         return groups

@@ -7,21 +7,27 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from transferlab.errors import ConfigError
 from transferlab.files import atomic_path
+from transferlab.internals import collect_rng_states, set_rng_states
+from transferlab.layout import last_checkpoint
+from transferlab.model.loading import load_safely
 
 log = logging.getLogger(__name__)
 
-LAST = "last.ckpt"
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file and renames it into place: a crash never leaves half a file."""
+    """Writes each checkpoint to a temporary file and renames it into place: a crash never leaves half a file.
+
+    Lightning's own write goes through an fsspec transaction whose local temporary file is in the
+    system's temporary folder; ``shutil.move`` onto another file system (a tmpfs /tmp, a network
+    run folder) is a copy, which a crash can cut short, and a killed process leaves the temporary
+    (the size of a checkpoint) in /tmp. A temporary beside the target makes the rename atomic.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         with atomic_path(path) as temporary:
@@ -36,7 +42,7 @@ class RandomState(Callback):
     """
 
     def state_dict(self) -> dict[str, Any]:
-        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        states = collect_rng_states(include_cuda=torch.cuda.is_available())
         name, keys, position, has_gauss, cached = states["numpy"]
         states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached)
         return states
@@ -52,7 +58,7 @@ class RandomState(Callback):
         states["numpy"] = (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
         if not torch.cuda.is_available():
             states.pop("torch.cuda", None)
-        _set_rng_states(states)
+        set_rng_states(states)
 
 
 class CheckpointOnInterrupt(Callback):
@@ -62,31 +68,24 @@ class CheckpointOnInterrupt(Callback):
     a NaN loss must keep its last good checkpoint.
     """
 
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = last_checkpoint(run_dir)
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
-        checkpoint = trainer.checkpoint_callback
-        if checkpoint is None or checkpoint.dirpath is None:
-            return
-        path = Path(checkpoint.dirpath) / LAST
-        trainer.save_checkpoint(path)
-        log.warning("Interrupted (%s): saved %s; continue with resume=true.", type(exception).__name__, path)
+        trainer.save_checkpoint(self.path)
+        log.warning("Interrupted (%s): saved %s; continue with resume=true.", type(exception).__name__, self.path)
 
 
-def checkpoint_to_resume(checkpoint_dir: str | Path, run_dir: str | Path) -> Path:
-    """The ``last.ckpt`` a ``resume=true`` run continues from, or a clear error when there is none."""
-    path = Path(checkpoint_dir) / LAST
+def checkpoint_to_resume(run_dir: str | Path) -> Path:
+    """The ``last.ckpt`` a ``resume=true`` run continues from, checked to load safely, or a clear error."""
+    path = last_checkpoint(run_dir)
     if not path.is_file():
         raise ConfigError(
             f"resume=true, but there is no {path}. Resume in the folder of the interrupted run: give its "
             f"hydra.run.dir=... (this run's folder is {run_dir}), or drop resume=true to start afresh."
         )
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ConfigError(
-            f"resume=true, but {path} cannot be loaded safely ({type(error).__name__}: {str(error)[:300]}). "
-            "It may be truncated or hold pickled code, which is never run. Delete it to resume from an "
-            "older checkpoint copied to that name, or drop resume=true to start afresh."
-        ) from error
+    load_safely(path, "resume=true: the checkpoint", "Delete it to resume from an older checkpoint copied to that "
+                "name, or drop resume=true to start afresh.")
     return path

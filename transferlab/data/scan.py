@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from transferlab.data.folders import IMG_EXTENSIONS, class_files, is_image
 from transferlab.files import atomic_path
 from transferlab.ranks import is_global_zero
 
@@ -89,25 +89,6 @@ def listing(findings: list[Finding], shown: int = SHOWN) -> str:
     if len(findings) > shown:
         lines.append(f"  ... and {len(findings) - shown} more")
     return "\n" + "\n".join(lines)
-
-
-def split_files(split: Path) -> tuple[list[Path], list[Path]]:
-    """Files of a split's class folders: those ImageFolder reads and those it would silently skip.
-
-    As ImageFolder: every file with an image extension under a class folder (hidden ones too, e.g.
-    macOS ``._name.jpg``). Hidden files without one (``.DS_Store``) are not worth a warning.
-    """
-    images, ignored = [], []
-    for entry in sorted(os.scandir(split), key=lambda e: e.name):
-        if not entry.is_dir() or entry.name.startswith("."):
-            continue
-        for folder, _, names in sorted(os.walk(entry.path, followlinks=True)):
-            for name in sorted(names):
-                if has_file_allowed_extension(name, IMG_EXTENSIONS):
-                    images.append(Path(folder, name))
-                elif not name.startswith("."):
-                    ignored.append(Path(folder, name))
-    return images, ignored
 
 
 @contextlib.contextmanager
@@ -248,8 +229,12 @@ def check_all(paths: list[Path], cache: ScanCache, max_pixels: int) -> list[File
 
 
 def scan_split(folder: Path, cache: ScanCache, max_pixels: int) -> tuple[ScanReport, list[tuple[Path, FileCheck]]]:
-    """Problems and skipped extensions of one split, and the usable images with their checks."""
-    images, ignored = split_files(folder)
+    """Problems and skipped extensions of one split, and the usable images with their checks.
+
+    Hidden files (``.DS_Store``, macOS's ``._name.jpg``) are neither read nor warned about: no data set reads them.
+    """
+    files = [path for paths in class_files(folder).values() for path in paths]
+    images, ignored = [p for p in files if is_image(p)], [p for p in files if not is_image(p)]
     report = ScanReport()
     usable = []
     for path, check in zip(images, check_all(images, cache, max_pixels)):

@@ -1,10 +1,13 @@
 """Stopping a run whose loss has stopped being a number."""
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from transferlab.errors import ConfigError
+from transferlab.layout import last_checkpoint
 
 
 class NonFiniteLossError(ConfigError):
@@ -18,7 +21,8 @@ class FiniteLoss(Callback):
     epoch, before validation and checkpointing, so ``last.ckpt`` stays the last good state.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: str | Path) -> None:
+        self.last_checkpoint = last_checkpoint(run_dir)
         self._first_bad_batch: torch.Tensor | None = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -44,8 +48,7 @@ class FiniteLoss(Callback):
         if batch < 0:
             return
         rates = ", ".join(f"{g.get('name', i)}={g['lr']:.3g}" for i, g in enumerate(trainer.optimizers[0].param_groups))
-        checkpoint = trainer.checkpoint_callback
-        kept = f" The last good checkpoint is {checkpoint.dirpath}/last.ckpt." if checkpoint and checkpoint.dirpath else ""
+        kept = f" The last good checkpoint is {self.last_checkpoint}." if self.last_checkpoint.is_file() else ""
         raise NonFiniteLossError(
             f"The training loss became NaN or infinite in epoch {trainer.current_epoch}, batch {batch} "
             f"(learning rates {rates}). The learning rate is most likely too high: lower optimizer.lr "

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.errors import ConfigError
-from transferlab.image_cache import BYTES_PER_GB
+from transferlab.data.image_cache import BYTES_PER_GB
 
 log = logging.getLogger(__name__)
 

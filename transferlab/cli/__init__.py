@@ -1,0 +1,1 @@
+"""Command-line entry points (``python -m transferlab.<command>``) and their key=value parser."""

@@ -1,0 +1,153 @@
+"""Batch inference: ``python -m transferlab.predict ckpt=PATH input=DIR_OR_FILE [top_k=3] [output=preds.csv]``.
+
+Every image file under ``input`` (recursively; hidden files and folders skipped), or the one file
+``input`` names, goes through the checkpoint's own preprocessing; the CSV has one row per file:
+``path,label,score,top_k,error``.
+A file that cannot be read or decoded is a row with its ``error`` filled in, not a crash.
+"""
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import MISSING, DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from transferlab.cli.args import resolve_device, run_cli
+from transferlab.model.checkpoint import load_classifier, preprocessing
+from transferlab.data.folders import IMG_EXTENSIONS, default_num_workers, image_files
+from transferlab.errors import ConfigError
+from transferlab.data.images import load_rgb
+from transferlab.model.module import TransferClassifier
+
+USAGE = ("python -m transferlab.predict ckpt=PATH input=DIR_OR_FILE [top_k=3] [output=preds.csv] "
+         "[batch_size=32] [num_workers=null] [device=auto|cpu|cuda]")
+CSV_COLUMNS = ("path", "label", "score", "top_k", "error")
+
+
+@dataclass
+class PredictArgs:
+    ckpt: str = MISSING  # a transferlab checkpoint (checkpoints/best.ckpt of a run)
+    input: str = MISSING  # an image file, or a folder searched recursively for image files
+    top_k: int = 3  # classes listed per image in the top_k column (at most the number of classes)
+    output: str = "preds.csv"
+    batch_size: int = 32
+    num_workers: int | None = None  # null: the cores available, at most 8
+    device: str = "auto"
+
+
+@dataclass
+class Prediction:
+    """One input file: its best class and score (softmax probability), the top k, or why it failed."""
+
+    path: str
+    label: str = ""
+    score: float | None = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str = ""
+
+    def csv_row(self) -> dict[str, str]:
+        return {
+            "path": self.path,
+            "label": self.label,
+            "score": "" if self.score is None else f"{self.score:.6f}",
+            "top_k": ";".join(f"{name}:{probability:.4f}" for name, probability in self.top_k),
+            "error": self.error,
+        }
+
+
+def list_images(source: str | Path) -> list[Path]:
+    """The one file ``source`` names, or every image under the folder (``transferlab.data.folders``'s rules)."""
+    source = Path(source).expanduser()
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise ConfigError(f"input={source} does not exist. Give an image file or a folder of images.")
+    files = image_files(source)
+    if not files:
+        raise ConfigError(f"input={source} holds no image files ({', '.join(IMG_EXTENSIONS)}), in any sub-folder.")
+    return files
+
+
+class ImageFiles(Dataset):
+    """``(tensor, error)`` per file: a file that cannot be decoded gives zeros and the reason, never an exception."""
+
+    def __init__(self, files: Sequence[Path], transform: Callable, shape: Sequence[int]) -> None:
+        self.files = list(files)
+        self.transform = transform
+        self.shape = tuple(shape)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            return self.transform(load_rgb(self.files[index])), ""
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            return torch.zeros(self.shape), reason
+
+
+@torch.inference_mode()
+def predict_files(model: TransferClassifier, files: Sequence[Path], top_k: int = 3, batch_size: int = 32,
+                  num_workers: int = 0, device: torch.device | str = "cpu") -> list[Prediction]:
+    """Predictions for ``files`` in their order, with the model's own preprocessing and class names."""
+    if top_k < 1:
+        raise ConfigError(f"top_k={top_k} must be at least 1.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be at least 1.")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    class_names = list(model.hparams.class_names)
+    top_k = min(top_k, len(class_names))
+    inputs = preprocessing(model)
+    loader = DataLoader(ImageFiles(files, inputs.eval_transform(), inputs.input_shape), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    predictions: list[Prediction] = []
+    for images, errors in loader:
+        batch = [Prediction(path=str(path), error=error)
+                 for path, error in zip(files[len(predictions):len(predictions) + len(errors)], errors)]
+        readable = [index for index, error in enumerate(errors) if not error]
+        if readable:
+            logits = model(images[readable].to(device, non_blocking=True))
+            probabilities, classes = logits.float().softmax(dim=1).topk(top_k, dim=1)
+            for index, row_probabilities, row_classes in zip(readable, probabilities.tolist(), classes.tolist()):
+                batch[index].top_k = [(class_names[c], p) for c, p in zip(row_classes, row_probabilities)]
+                batch[index].label, batch[index].score = batch[index].top_k[0]
+        predictions += batch
+    return predictions
+
+
+def write_csv(predictions: Sequence[Prediction], path: str | Path) -> Path:
+    """Write the predictions as ``path,label,score,top_k,error`` (top_k like ``bees:0.9100;ants:0.0900``)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(prediction.csv_row() for prediction in predictions)
+    return path
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Run the command-line configuration; returns the CSV written."""
+    device = resolve_device(cfg.device)
+    files = list_images(cfg.input)
+    model = load_classifier(cfg.ckpt)
+    workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
+    predictions = predict_files(model, files, cfg.top_k, cfg.batch_size, workers, device)
+    output = write_csv(predictions, cfg.output)
+    failed = sum(1 for prediction in predictions if prediction.error)
+    print(f"Predicted {len(predictions) - failed} image(s) on {device}"
+          f"{f', {failed} could not be read (see the error column)' if failed else ''}: {output}")
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli("transferlab.predict", PredictArgs, predict, USAGE, argv)
+
+
+if __name__ == "__main__":
+    main()

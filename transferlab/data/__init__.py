@@ -1,0 +1,1 @@
+"""Images in: folders, the scan, decoding, preprocessing, caches and the LightningDataModule."""

@@ -1,0 +1,243 @@
+"""Download a data-set archive once, verify its SHA-256 and extract it safely.
+
+:func:`fetch_dataset` downloads into a temporary file in ``dest_dir``, hashes it, extracts it into
+a temporary directory there and renames the data-set folder into place; the temporaries go on
+success and on every error, so no half data set is ever left. Member safety is the standard
+library's: tar goes through ``filter="data"``, and ``zipfile`` never writes outside its target nor
+creates links. Refused here is only what those would let through *silently* as a different data
+set: zip names zipfile rewrites, zip links it writes as files, absolute tar names the filter
+strips, and links out of the data-set folder (the filter only guards the extraction directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import zipfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import torch.hub
+
+from transferlab.errors import ConfigError
+
+__all__ = ["DownloadError", "fetch_dataset"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK_SIZE = 1 << 20  # bytes hashed per read: large enough to be fast, small enough for any RAM
+
+
+class DownloadError(ConfigError):
+    """A data set could not be downloaded, verified or extracted."""
+
+
+def fetch_dataset(
+    url: str, dest_dir: str | Path, folder: str, sha256: str | None = None, progress: bool = True
+) -> Path:
+    """Return dest_dir/folder, downloading and extracting the archive at url first if missing.
+
+    Raises DownloadError (with the url or path and the fix) when the archive cannot be
+    downloaded, fails the SHA-256 check, holds unsafe members or lacks ``folder``.
+    """
+    dest = Path(dest_dir).expanduser()
+    folder = _check_folder_name(folder)
+    target = dest / folder
+    if target.is_dir():
+        log.debug("Data set already present at %s; not downloading", target)
+        return target
+    if target.exists():
+        raise DownloadError(
+            f"{target} exists but is not a directory, so the data set from {url} cannot be "
+            f"extracted there. Remove or rename {target}, or point data.root at an existing "
+            "data-set folder."
+        )
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(
+            f"Cannot create the data directory {dest} to download {url} into: {exc}. "
+            "Point data.root at a writable folder or create the directory yourself."
+        ) from exc
+    fd, name = tempfile.mkstemp(prefix=f".{folder}.", suffix=".download", dir=dest)
+    os.close(fd)
+    archive = Path(name)
+    try:
+        _download(url, archive, target, progress)
+        _verify_sha256(url, archive, sha256)
+        extracted = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".extract", dir=dest))
+        try:
+            log.info("Extracting %s into %s", url, target)
+            _extract(url, archive, extracted, folder)
+            _move_into_place(_top_level_folder(url, extracted, folder), target)
+        finally:
+            shutil.rmtree(extracted, ignore_errors=True)
+            if extracted.exists():
+                log.warning("Could not fully remove temporary directory %s; delete it", extracted)
+    finally:
+        archive.unlink(missing_ok=True)
+    log.info("Data set ready at %s", target)
+    return target
+
+
+def _check_folder_name(folder: str) -> str:
+    """Return folder if it is a single plain directory name, else raise DownloadError."""
+    path = PureWindowsPath(folder)  # splits on '/' and '\\' and knows drives: strictest reading
+    if len(path.parts) != 1 or path.anchor or path.parts[0] == "..":
+        raise DownloadError(
+            f"Invalid data-set folder name {folder!r}: it must be a single directory name "
+            "(no '/', '\\', '..' or absolute path), i.e. the top-level folder inside the archive."
+        )
+    return path.parts[0]
+
+
+def _download(url: str, archive: Path, target: Path, progress: bool) -> None:
+    """Download url to archive, translating network failures into DownloadError."""
+    log.info("Downloading %s to %s", url, target.parent)
+    try:
+        torch.hub.download_url_to_file(url, str(archive), progress=progress)
+    except (OSError, http.client.HTTPException) as exc:  # URLError/HTTPError are OSErrors
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise DownloadError(
+            f"Could not download {url}: {reason}. The machine appears to be offline or the "
+            f"URL is unreachable. Download the archive by hand and extract it so that "
+            f"{target} exists, or point data.root at an existing data-set folder."
+        ) from exc
+    except ValueError as exc:  # urllib: "unknown url type"
+        raise DownloadError(
+            f"Invalid download URL {url!r}: {exc}. Fix the URL, or download the archive by "
+            f"hand and extract it so that {target} exists."
+        ) from exc
+
+
+def _verify_sha256(url: str, archive: Path, expected: str | None) -> None:
+    """Check the archive's SHA-256 against expected, or log it when none is pinned."""
+    digest = hashlib.sha256()
+    with archive.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK_SIZE), b""):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if expected is None:
+        log.warning(
+            "No SHA-256 pinned for %s; the downloaded archive has sha256 %s. Pin it with "
+            "data.download.sha256=%s so that future downloads are verified.", url, actual, actual
+        )
+    elif expected.strip().lower() != actual:
+        raise DownloadError(
+            f"SHA-256 mismatch for {url}: expected {expected.strip()}, got {actual}. The "
+            "downloaded file was deleted. It may be truncated or altered, or a network proxy "
+            "may have returned an error page instead: check the url and your network/proxy "
+            "settings, or, if you trust the new file, set data.download.sha256 to its hash."
+        )
+
+
+def _refused(url: str, member: str, reason: str) -> DownloadError:
+    """The error for an archive member that is not extracted as it stands."""
+    return DownloadError(
+        f"Refusing to extract the archive downloaded from {url}: member {member!r} {reason}. "
+        "Nothing was kept. Check that the url points at the intended data set; if you trust the "
+        "archive, inspect and extract it by hand and point data.root at the result."
+    )
+
+
+def _extract_zip(url: str, archive: Path, into: Path) -> None:
+    """Extract a zip archive, refusing members that zipfile would rewrite rather than refuse."""
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            path = PureWindowsPath(info.filename)  # both separators, drives and UNC roots
+            if path.anchor:  # zipfile would drop the prefix and extract it elsewhere
+                raise _refused(url, info.filename, "has an absolute path")
+            if ".." in path.parts:  # zipfile would drop the '..' and flatten the path
+                raise _refused(url, info.filename, "has a '..' path component")
+            if stat.S_ISLNK(info.external_attr >> 16):  # Unix mode in the high 16 bits
+                reason = "is a symbolic link (zipfile would write a file holding its target)"
+                raise _refused(url, info.filename, reason)
+        zf.extractall(into)
+
+
+def _extract_tar(url: str, archive: Path, into: Path, folder: str) -> None:
+    """Extract a tar archive (any compression) through tarfile's "data" filter."""
+    # The filter resolves paths with os.path.realpath; Pythons before 3.10.18 / 3.11.13 / 3.12.11
+    # let crafted link chains slip past it (CVE-2025-4517), so keep Python patched.
+    if not hasattr(tarfile, "data_filter"):
+        raise DownloadError(
+            f"The archive downloaded from {url} is a tar file, and this Python "
+            f"({sys.version.split()[0]}) lacks tarfile's extraction filters, without which it "
+            "cannot be extracted safely. Use Python 3.10.12, 3.11.4, 3.12 or newer, or extract "
+            "the archive by hand and point data.root at the result."
+        )
+    top = Path(os.path.realpath(into / folder))
+
+    def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+        if PurePosixPath(member.name).is_absolute():  # data_filter would silently strip the '/'
+            raise _refused(url, member.name, "has an absolute path")
+        try:
+            safe = tarfile.data_filter(member, path)
+        except tarfile.FilterError as exc:
+            raise _refused(url, member.name, f"is unsafe: {exc}") from exc
+        # data_filter keeps links inside the extraction directory; the data-set folder is what
+        # is moved into place, so a link in it must not point at a sibling of it either.
+        # realpath follows links already extracted, as data_filter does.
+        if safe.issym() or safe.islnk():
+            start = os.path.join(path, os.path.dirname(safe.name)) if safe.issym() else path
+            link = Path(os.path.realpath(os.path.join(path, safe.name)))
+            points_to = Path(os.path.realpath(os.path.join(start, safe.linkname)))
+            if link.is_relative_to(top) and not points_to.is_relative_to(top):
+                reason = f"links to {safe.linkname!r}, outside the data-set folder {folder!r}"
+                raise _refused(url, member.name, reason)
+        return safe
+
+    with tarfile.open(archive) as tf:
+        tf.extractall(into, filter=check)
+
+
+def _extract(url: str, archive: Path, into: Path, folder: str) -> None:
+    """Extract a zip or tar archive (detected by content) into the directory into."""
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(url, archive, into)
+        elif tarfile.is_tarfile(archive):
+            _extract_tar(url, archive, into, folder)
+        else:
+            raise DownloadError(
+                f"The file downloaded from {url} is neither a zip nor a tar archive (it may be "
+                "an HTML error or login page). Check the url, or download the archive by hand "
+                "and point data.root at the extracted folder."
+            )
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, RuntimeError) as exc:
+        # RuntimeError: encrypted zip members; the others: truncated or damaged archives.
+        raise DownloadError(
+            f"The archive downloaded from {url} is corrupt or unsupported ({exc}). Delete it "
+            "and retry, check the url, or download and extract it by hand."
+        ) from exc
+
+
+def _top_level_folder(url: str, extracted: Path, folder: str) -> Path:
+    """Return extracted/folder, or raise DownloadError listing what the archive contains."""
+    candidate = extracted / folder
+    if candidate.is_dir() and not candidate.is_symlink():
+        return candidate
+    found = sorted(entry.name for entry in extracted.iterdir())
+    raise DownloadError(
+        f"The archive downloaded from {url} has no top-level folder {folder!r}; its top level "
+        f"contains {found if found else 'nothing'}. Set the data-set folder name to match the "
+        "archive, or check the url."
+    )
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    """Atomically rename source to target, accepting a target another process created."""
+    try:
+        os.replace(source, target)
+    except OSError:
+        if target.is_dir():
+            log.info("%s appeared while extracting; keeping the existing folder", target)
+            return
+        raise

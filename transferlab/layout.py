@@ -1,0 +1,30 @@
+"""The files a run leaves in its folder, each named once here."""
+
+import os
+from pathlib import Path
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best"  # ModelCheckpoint file names, without the .ckpt suffix Lightning adds
+LAST_CHECKPOINT = "last"
+CHECKPOINT_SUFFIX = ".ckpt"
+RESULTS = "results.json"
+FAILURE = "failure.json"
+SPLIT = "split.json"
+SCAN_CACHE = "scan.json"
+SKIPPED = "skipped.txt"
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where a run's ``best.ckpt`` and ``last.ckpt`` are."""
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint written every epoch (and on SIGTERM/Ctrl-C), which ``resume=true`` continues from."""
+    return checkpoint_dir(run_dir) / (LAST_CHECKPOINT + CHECKPOINT_SUFFIX)
+
+
+def run_folder(checkpoint: str | Path) -> Path:
+    """The training run a checkpoint belongs to: the parent of ``checkpoints/``, else the checkpoint's folder."""
+    folder = Path(os.path.abspath(Path(checkpoint).expanduser())).parent  # a link's own folder, not its target's
+    return folder.parent if folder.name == CHECKPOINT_DIR else folder

@@ -1,0 +1,1 @@
+"""The network: backbones, heads, transfer modes, the LightningModule and loading checkpoints."""

@@ -1,0 +1,1 @@
+"""A training run's machinery: callbacks, resumption, results and sweep reports."""
