@@ -12,7 +12,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
+from torchvision.models import ResNet18_Weights
 
+from transferlab.data.datamodule import ImageFolderDataModule
+from transferlab.data.transforms import Preprocessing
+
+RESNET18 = Preprocessing.from_preset(ResNet18_Weights.DEFAULT.transforms())  # resize 256, crop 224
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 COLOURS = {"blue": (30, 40, 220), "green": (40, 200, 50), "red": (220, 40, 30)}
 
@@ -34,6 +39,12 @@ def make_image_folder(root: Path, per_class: int = 12, size: int = 40, splits: t
         for class_index, name in enumerate(classes):
             write_images(root / split / name, COLOURS[name], per_class, size, seed=10 * split_index + class_index)
     return root
+
+
+def make_datamodule(root: Path, image_size: int = 32, **kwargs) -> ImageFolderDataModule:
+    """A data module on ``root`` with ResNet-18's preprocessing at ``image_size`` (resize 37 for 32), no augmentation."""
+    options = {"batch_size": 4, "num_workers": 0, **kwargs}
+    return ImageFolderDataModule(str(root), RESNET18, image_size=image_size, **options)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Every config group composes, and the experiment presets say what the classic recipes say."""
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,9 @@ from conftest import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+
+from transferlab.data.datamodule import ImageFolderDataModule
+from transferlab.model.modes import MODES
 
 GROUPS = ["data", "backbone", "head", "mode", "loss", "optimizer", "scheduler", "experiment"]
 
@@ -65,3 +69,23 @@ def test_unknown_choice_lists_the_valid_ones(make_config, override, valid):
     with pytest.raises(ConfigCompositionException) as error:
         make_config(override)
     assert f"Available options in '{group}'" in str(error.value) and valid in str(error.value)
+
+
+def test_every_mode_file_is_a_registered_mode_with_its_callback(make_config):
+    assert {path.stem for path in (Path(CONFIG_DIR) / "mode").glob("*.yaml")} == set(MODES)
+    for name, mode in MODES.items():
+        cfg = make_config(f"mode={name}")
+        callback = mode.callback(cfg.mode)
+        assert (callback is not None) == (name in ("feature_extract", "gradual"))
+        assert mode.initial_weights("DEFAULT") == (None if name == "scratch" else "DEFAULT")
+
+
+def test_the_data_modules_code_defaults_are_the_configs():
+    """One default each: a setting left out of a config behaves as the shipped config says."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        data = compose(config_name="train", overrides=["data=image_folder"]).data
+    parameters = inspect.signature(ImageFolderDataModule).parameters
+    compared = [key for key in data if key in parameters and key not in ("root", "image_size", "augment")]
+    assert {"cache_images", "cache_max_gb", "cache_features", "cache_views", "pin_memory"} <= set(compared)
+    for key in compared:
+        assert parameters[key].default == data[key], key

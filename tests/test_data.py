@@ -6,19 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_datamodule, make_image_folder
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
 from transferlab.data.datamodule import ImageFolderDataModule, stratified_split
 from transferlab.errors import ConfigError
-from transferlab.data.transforms import eval_transform
-
-PREPROCESS = eval_transform(ResNet18_Weights.DEFAULT, 32)
 
 
-def datamodule(root: Path, **kwargs) -> ImageFolderDataModule:
-    return ImageFolderDataModule(str(root), PREPROCESS, PREPROCESS, batch_size=4, num_workers=0, **kwargs)
+
+datamodule = make_datamodule
 
 
 def test_train_and_val_folders_give_batches(image_folder):
@@ -34,7 +31,7 @@ def test_train_and_val_folders_give_batches(image_folder):
 def test_missing_val_is_carved_out_stratified_and_recorded(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=10, splits=("train",))
     split_file = tmp_path / "run" / "split.json"
-    data = datamodule(root, val_split=0.2, seed=3, split_file=str(split_file))
+    data = datamodule(root, val_split=0.2, seed=3, run_dir=str(tmp_path / "run"))
     data.setup("fit")
 
     record = json.loads(split_file.read_text())
@@ -43,9 +40,9 @@ def test_missing_val_is_carved_out_stratified_and_recorded(tmp_path):
     assert sorted(p.split("/")[0] for p in record["val"]) == ["blue"] * 2 + ["green"] * 2 + ["red"] * 2
     assert len(data.val_set) == 6 and len(data.train_set) == 24
 
-    again = datamodule(root, val_split=0.2, seed=3, split_file=str(tmp_path / "again.json"))
+    again = datamodule(root, val_split=0.2, seed=3, run_dir=str(tmp_path / "again"))
     again.setup("fit")
-    assert json.loads((tmp_path / "again.json").read_text()) == record  # seeded: the same split every time
+    assert json.loads((tmp_path / "again" / "split.json").read_text()) == record  # seeded: the same split every time
 
 
 def test_stratified_split_keeps_one_val_image_per_class():

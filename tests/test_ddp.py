@@ -142,15 +142,15 @@ def test_two_processes_train_the_model_one_process_trains_with_the_same_global_b
 
     # Every process ends each epoch with the same weights, bit for bit: DDP steps them with the same averaged
     # gradients. The backbone moves in exactly the epochs it trains in (gradual: after Lightning wrapped the model in
-    # DistributedDataParallel), by far more than the tolerance below, so comparing with one process can tell a wrong
-    # backbone gradient.
+    # DistributedDataParallel), by over ten times the absolute tolerance below, so that comparing with one process can
+    # tell a wrong backbone gradient (one process's half of the batch moves it about as far as the right one).
     for epoch, trains in enumerate(BACKBONE_TRAINS[variant]):
         records = [weights_record(tmp_path / "weights", rank, epoch) for rank in range(PROCESSES)]
         for name, weight in records[0].items():
             assert all(record[name]["sha256"] == weight["sha256"] for record in records[1:]), \
                 f"epoch {epoch}: the processes' {name} differ"
         moved = max(weight["moved"] for name, weight in records[0].items() if name.startswith("backbone."))
-        assert moved > 1e-3 if trains else moved == 0, f"epoch {epoch}: the backbone moved by {moved}"
+        assert moved > 1e-4 if trains else moved == 0, f"epoch {epoch}: the backbone moved by {moved}"
 
     # The same weights, to float32 rounding: averaging the processes' gradients is the global batch's gradient.
     single_state, ddp_state = checkpoint(tmp_path / "single"), checkpoint(tmp_path / "ddp")

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose_config, make_image_folder
+from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.errors import ConfigError
-from transferlab.cli.evaluate import evaluate, evaluation_set
+from transferlab.cli.evaluate import evaluate, evaluation_set, save_confusion_png
 from transferlab.cli.evaluate import main as evaluate_main
 from transferlab.cli.export import export_model, load_exported
 from transferlab.cli.predict import list_images, predict_files, write_csv
@@ -55,8 +56,8 @@ def test_checkpoint_loads_for_inference_with_its_training_preprocessing(trained,
     saved = torch.load(trained[2], map_location="cpu", weights_only=True)
     assert model.hparams.weights == saved["hyper_parameters"]["weights"]  # not the None it was built with
     assert torch.equal(model.state_dict()["backbone.conv1.weight"], saved["state_dict"]["backbone.conv1.weight"])
-    transform = preprocessing(model)
-    assert transform.crop_size == [32] and transform.resize_size == [37]  # image_size 32, ResNet's 256/224 ratio
+    inputs = preprocessing(model)
+    assert inputs.crop_size == 32 and inputs.resize_size == 37  # image_size 32, ResNet's 256/224 ratio
 
 
 def test_evaluate_accuracy_on_val_is_the_runs_best_val_acc(trained, image_folder, tmp_path):
@@ -78,6 +79,24 @@ def test_evaluate_accuracy_on_val_is_the_runs_best_val_acc(trained, image_folder
     assert saved == run_dir / "evaluation" / "best_val.json"
     assert json.loads(saved.read_text())["accuracy"] == report["accuracy"]
     assert Path(report["png"]).read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_failed_confusion_png_leaves_no_partial_file_and_no_temporary(tmp_path, monkeypatch):
+    report = {"classes": ["blue", "green", "red"], "confusion_matrix": [[2, 0, 0], [0, 1, 1], [0, 0, 2]],
+              "accuracy": 5 / 6, "num_images": 6}
+    path = save_confusion_png(report, tmp_path / "best_val_confusion.png")
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG") and os.listdir(tmp_path) == [path.name]
+
+    def crash_halfway(figure, target, **options):
+        Path(target).write_bytes(before[:100])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", crash_halfway)
+    for target in (path, tmp_path / "new_confusion.png"):  # over an earlier PNG, and a first one
+        with pytest.raises(OSError, match="No space left"):
+            save_confusion_png(report, target)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
 
 
 def test_predict_over_val_agrees_with_best_val_acc(trained, model, image_folder, tmp_path):
@@ -129,7 +148,7 @@ def test_exported_model_gives_the_checkpoints_logits(format, trained, model, ima
     assert metadata["mean"] == pytest.approx(transform.mean) and metadata["std"] == pytest.approx(transform.std)
     assert metadata["max_abs_diff"] < 1e-4
     run = load_exported(format, path)
-    dataset, _, _ = evaluation_set(image_folder, "val", model.hparams.class_names, transform)
+    dataset, _, _ = evaluation_set(image_folder, "val", model.hparams.class_names, transform.eval_transform())
     for indices in ([0, 13, 25, 30, 35], [7]):  # the batch axis is dynamic
         images = torch.stack([dataset[i][0] for i in indices])
         with torch.inference_mode():
@@ -196,7 +215,7 @@ def test_evaluate_ignores_hidden_folders_as_training_does(trained, model, image_
 
 def test_evaluate_prefers_test_and_falls_back_to_the_runs_held_out_split(trained, model, image_folder, tmp_path):
     run_dir, results, best = trained
-    transform = preprocessing(model)
+    transform = preprocessing(model).eval_transform()
     root = tmp_path / "data"
     shutil.copytree(image_folder / "val", root / "test")
     shutil.copytree(image_folder / "val", root / "val")

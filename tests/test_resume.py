@@ -88,9 +88,21 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(tensor).all() for tensor in last["state_dict"].values() if tensor.is_floating_point())
 
 
+def test_nan_in_the_first_epoch_names_no_checkpoint_that_does_not_exist(make_config, tmp_path):
+    with pytest.raises(NonFiniteLossError) as error:
+        train(make_config("trainer.max_epochs=1", "data.batch_size=8"), [PoisonAtBatch(epoch=0, batch=1)])
+    assert "epoch 0, batch 1" in str(error.value) and "checkpoint" not in str(error.value)
+
+
+def test_resume_finds_last_ckpt_whatever_the_callbacks_group_holds(make_config, tmp_path):
+    train(make_config("trainer.max_epochs=1"))
+    resumed = train(make_config("~callbacks.last_checkpoint", "~callbacks.model_checkpoint", "resume=true"))
+    assert resumed["epochs_run"] == 2 and [h["epoch"] for h in resumed["history"]] == [0, 1]
+
+
 def test_resume_without_a_checkpoint_says_where_to_resume(tmp_path):
     with pytest.raises(ConfigError, match="hydra.run.dir"):
-        checkpoint_to_resume(tmp_path / "checkpoints", tmp_path)
+        checkpoint_to_resume(tmp_path)
 
 
 def test_resume_refuses_a_checkpoint_with_pickled_code(tmp_path):
@@ -102,8 +114,8 @@ def test_resume_refuses_a_checkpoint_with_pickled_code(tmp_path):
 
     (tmp_path / "checkpoints").mkdir()
     torch.save({"state_dict": {}, "payload": Payload()}, tmp_path / "checkpoints" / "last.ckpt")
-    with pytest.raises(ConfigError, match="cannot be loaded safely"):
-        checkpoint_to_resume(tmp_path / "checkpoints", tmp_path)
+    with pytest.raises(ConfigError, match="refused"):
+        checkpoint_to_resume(tmp_path)
     assert not marker.exists()
 
 

@@ -5,10 +5,11 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
+from conftest import RESNET18, make_datamodule, make_image_folder
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
@@ -17,9 +18,7 @@ from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.errors import ConfigError
 from transferlab.model.module import class_weights
 from transferlab.cli.train import build_model, train
-from transferlab.data.transforms import eval_transform
 
-PREPROCESS = eval_transform(ResNet18_Weights.DEFAULT, 32)
 BAD = {"corrupt.jpg": "truncated", "text.jpg": "not an image", "empty.png": "empty file"}
 ACCEPTED = ("gray.png", "cmyk.jpg", "rgba.png")
 
@@ -30,8 +29,7 @@ def restore_pil_limit(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
 
 
-def datamodule(root: Path, **kwargs) -> ImageFolderDataModule:
-    return ImageFolderDataModule(str(root), PREPROCESS, PREPROCESS, batch_size=4, num_workers=0, **kwargs)
+datamodule = make_datamodule
 
 
 def jpeg_bytes(size: int = 64) -> bytes:
@@ -151,10 +149,11 @@ def test_imbalance_is_reported_and_balanced_weights_are_inverse_frequency(tmp_pa
     assert class_weights(None, [2, 8]) is None
     with pytest.raises(ConfigError):
         class_weights("inverse", [2, 8])
-    model = build_model(make_config("loss.class_weights=balanced"), ["a", "b"], [2, 8])
+    data = SimpleNamespace(class_names=["a", "b"], class_counts=[2, 8], preprocessing=RESNET18)
+    model = build_model(make_config("loss.class_weights=balanced"), data)
     assert model.criterion.weight.tolist() == [2.5, 0.625] and model.hparams.class_weights == [2.5, 0.625]
     assert "criterion.weight" in model.state_dict()  # a buffer: moves with the model, saved in checkpoints
-    assert build_model(make_config(), ["a", "b"], [2, 8]).criterion.weight is None
+    assert build_model(make_config(), data).criterion.weight is None
 
 
 def test_balanced_classes_give_no_imbalance_warning(image_folder, caplog):

@@ -7,7 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from transferlab.model.module import TransferClassifier
-from transferlab.cli.train import compiled, train, use_channels_last
+from transferlab.cli.train import train
+from transferlab.run.speed import compiled, use_channels_last
 
 
 def test_channels_last_with_bf16_autocast_trains_and_checkpoints(make_config, resnet18_weights):

@@ -19,9 +19,10 @@ MISTAKE_COLOUR = "red"
 CORRECT_COLOUR = "black"
 CELL_INCHES = 0.45  # a confusion-matrix cell per class: room for a 4-digit count at 9 pt (about 0.3 inch wide)
 # Counts are written in the cells up to this many classes. Up to here the figure grows a cell per
-# class (3 + 0.45 * 30 = 16.5 inches: 1650 px in TensorBoard, 2000 px in the 120 dpi PNG); past it
-# the figure stops growing, so cells get too small for their numbers, and the 900 texts of 30
-# classes already take a second or two to draw (TensorBoard redraws at every new best epoch).
+# class (3 + 0.45 * 30 = 16.5 inches: 1650 px in TensorBoard, about 2000 px in the 120 dpi PNG);
+# past it the figure stops growing, so cells get too small for their numbers. Drawing is the other
+# limit: the 900 texts of 30 classes took about 7 s on a busy 2-core machine (20 classes: 2-6 s),
+# paid by TensorBoard at every new best epoch.
 MAX_ANNOTATED_CLASSES = 30
 COUNT_POINTS = 9  # font size of counts and class names while cells keep their full size
 
