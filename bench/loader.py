@@ -50,7 +50,7 @@ def tutorial(data: Path, image_size: int, batch_size: int, workers: int, epochs:
 
 
 def transferlab(data: Path, image_size: int, batch_size: int, workers: int, epochs: int,
-                cache: bool) -> tuple[float, list[float], int]:
+                cache: bool | str) -> tuple[float, list[float], int]:
     from transferlab.cli.train import build_datamodule
 
     overrides = ["data=image_folder", f"data.root={hydra_value(data.resolve())}", f"data.image_size={image_size}",
@@ -80,7 +80,8 @@ def main() -> int:
             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     pipelines = [("tutorial ImageFolder + DataLoader", tutorial, {}),
                  ("transferlab, data.cache_images=false", transferlab, {"cache": False}),
-                 ("transferlab, data.cache_images=true", transferlab, {"cache": True})]
+                 ("transferlab, data.cache_images=true (exact)", transferlab, {"cache": True}),
+                 ("transferlab, data.cache_images=shrink", transferlab, {"cache": "shrink"})]
     for workers in args.workers:
         for name, run, options in pipelines:
             setup_s, seconds, images = run(args.data, args.image_size, args.batch_size, workers, args.epochs, **options)

@@ -25,7 +25,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) through :func:`atomic_path`."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
 def write_json_atomically(path: str | Path, content: Any) -> None:
     """Write ``content`` as indented JSON through :func:`atomic_path`."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(content, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(content, indent=2) + "\n")

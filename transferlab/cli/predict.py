@@ -19,6 +19,7 @@ from transferlab.cli.args import resolve_device, run_cli
 from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.data.folders import IMG_EXTENSIONS, default_num_workers, image_files
 from transferlab.errors import ConfigError
+from transferlab.files import atomic_path
 from transferlab.data.images import load_rgb
 from transferlab.model.module import TransferClassifier
 
@@ -123,8 +124,7 @@ def predict_files(model: TransferClassifier, files: Sequence[Path], top_k: int =
 def write_csv(predictions: Sequence[Prediction], path: str | Path) -> Path:
     """Write the predictions as ``path,label,score,top_k,error`` (top_k like ``bees:0.9100;ants:0.0900``)."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as file:
+    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(prediction.csv_row() for prediction in predictions)

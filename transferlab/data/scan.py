@@ -21,7 +21,7 @@ from typing import NamedTuple
 from PIL import Image, UnidentifiedImageError
 
 from transferlab.data.folders import IMG_EXTENSIONS, class_files, is_image
-from transferlab.files import atomic_path
+from transferlab.files import atomic_path, write_text_atomically
 from transferlab.ranks import is_global_zero
 
 log = logging.getLogger(__name__)
@@ -298,6 +298,5 @@ def write_skipped(path: Path, problems: list[Finding]) -> None:
     """``skipped.txt``: one ``path<TAB>reason`` line per skipped file (written on DDP's rank zero only)."""
     if not is_global_zero():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{f.path}\t{f.reason}\n" for f in problems))
+    write_text_atomically(path, "".join(f"{f.path}\t{f.reason}\n" for f in problems))
 
