@@ -164,8 +164,9 @@ def _extract_zip(url: str, archive: Path, into: Path) -> None:
 
 def _extract_tar(url: str, archive: Path, into: Path, folder: str) -> None:
     """Extract a tar archive (any compression) through tarfile's "data" filter."""
-    # The filter resolves paths with os.path.realpath; Pythons before 3.10.18 / 3.11.13 / 3.12.11
-    # let crafted link chains slip past it (CVE-2025-4517), so keep Python patched.
+    # The filter resolves paths with os.path.realpath; on Pythons before 3.10.18 / 3.11.13 / 3.12.11
+    # crafted link chains slip past it (CVE-2025-4517). Those chains need a member whose path goes
+    # through a link of the archive, which no data set needs: such members are refused by name.
     if not hasattr(tarfile, "data_filter"):
         raise DownloadError(
             f"The archive downloaded from {url} is a tar file, and this Python "
@@ -174,10 +175,16 @@ def _extract_tar(url: str, archive: Path, into: Path, folder: str) -> None:
             "the archive by hand and point data.root at the result."
         )
     top = Path(os.path.realpath(into / folder))
+    links: set[PurePosixPath] = set()
 
     def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
-        if PurePosixPath(member.name).is_absolute():  # data_filter would silently strip the '/'
+        name = PurePosixPath(member.name)
+        if name.is_absolute():  # data_filter would silently strip the '/'
             raise _refused(url, member.name, "has an absolute path")
+        if links.intersection(name.parents):
+            raise _refused(url, member.name, "has a path through a symbolic link of the archive")
+        if member.issym():
+            links.add(name)
         try:
             safe = tarfile.data_filter(member, path)
         except tarfile.FilterError as exc:
