@@ -24,7 +24,7 @@ from torchmetrics.classification import (
 )
 
 from transferlab.cli.args import resolve_device, run_cli
-from transferlab.layout import run_folder
+from transferlab.layout import SPLIT, run_folder
 from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.data.folders import ClassFolder, class_folders, default_num_workers
 from transferlab.errors import ConfigError
@@ -66,7 +66,7 @@ def evaluation_set(root: str | Path, split: str, class_names: list[str], transfo
                           "one sub-folder of images per class, as used in training.")
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}.")
-    split_file = run_dir / "split.json" if run_dir is not None else None
+    split_file = run_dir / SPLIT if run_dir is not None else None
     if split == "auto":
         present = [name for name in ("test", "val") if (root / name).is_dir()]
         if present:

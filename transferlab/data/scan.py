@@ -27,7 +27,7 @@ from transferlab.ranks import is_global_zero
 log = logging.getLogger(__name__)
 
 PIL_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's decompression-bomb limit
-CACHE_VERSION = 1
+CACHE_VERSION = 1  # bumped when FileCheck changes: a scan.json of another version is ignored, not misread
 SHOWN = 5  # paths listed per message
 
 # Kinds of problem (files that stop the run or are skipped) and of warning; a reason starts with its kind.

@@ -11,7 +11,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from transferlab.run.report_output import format_number, to_markdown_table, write_report
-from transferlab.run.report_runs import FAILURE, RESULTS, find_run_folders, find_runs, read_runs
+from transferlab.layout import FAILURE, RESULTS
+from transferlab.run.report_runs import find_run_folders, find_runs, read_runs
 
 log = logging.getLogger(__name__)
 

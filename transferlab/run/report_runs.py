@@ -14,10 +14,10 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
+from transferlab.layout import FAILURE, RESULTS
 
 log = logging.getLogger(__name__)
 
-RESULTS, FAILURE = "results.json", "failure.json"
 
 # Overrides that never make a good label or column: data and output paths, Hydra's own settings.
 NOISE_KEYS = ("data.root", "paths.", "hydra.", "hydra/", "trainer.default_root_dir")
