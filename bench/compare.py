@@ -218,14 +218,14 @@ def run_transferlab(args: argparse.Namespace, weights: Path, output_dir: Path, e
     started = time.perf_counter()
     results = train(cfg, callbacks=[timer])
     wall_s = time.perf_counter() - started
-    # train_images_per_s comes from results.json (transferlab.results.RunSummary): images of the training
+    # train_images_per_s comes from results.json (transferlab.run.results.RunSummary): images of the training
     # batches / seconds from on_train_epoch_start to on_validation_start, summed over epochs. That span
     # holds the train loader's start, every training step (forward, backward, optimizer step) and the
     # per-step logging, as the reference's train phase holds its loader start, steps and scheduler.step().
     # Differences: transferlab's loader workers are persistent (started once, in epoch 0 and the
     # sanity check), the reference's are started anew for every phase, as in the tutorial; and with
-    # data.cache_images (transferlab's default) the images were decoded and shrunk once during setup,
-    # outside this clock, so its train phases crop smaller in-memory images instead of decoding JPEGs.
+    # data.cache_images (transferlab's default) the images were decoded once during setup, outside this
+    # clock, so its train phases crop in-memory images (the same pixels) instead of decoding JPEGs.
     return {
         "implementation": name,
         "overrides": overrides,
