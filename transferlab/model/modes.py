@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import BaseFinetuning, Callback
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -74,6 +75,24 @@ class FreezeBackbone(BaseFinetuning):
         if not self.frozen:
             for optimizer in trainer.optimizers:
                 self.unfreeze(pl_module, optimizer)
+
+    @override
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Average the unfrozen backbone's gradients over the DDP processes: DDP itself never does.
+
+        DDP all-reduces the gradients of the parameters that required grad when it wrapped the model,
+        and the backbone was frozen then (``setup`` freezes it, Lightning wraps the model after;
+        Lightning issue 20340). Without this, each process would step its backbone with the gradient
+        of its own share of the batch, and their copies would drift apart (tests/test_ddp.py).
+        """
+        if self.frozen or trainer.world_size == 1:
+            return
+        grads = [p.grad for p in pl_module.backbone.parameters() if p.grad is not None]
+        if not grads:
+            return
+        averaged = trainer.strategy.reduce(torch.cat([grad.flatten() for grad in grads]), reduce_op="mean")
+        for grad, mean in zip(grads, averaged.split([grad.numel() for grad in grads])):
+            grad.copy_(mean.view_as(grad))
 
     def unfreeze(self, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
         """Make the backbone trainable and hand its parameters to the optimizer's backbone group."""
