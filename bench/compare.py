@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.weights:
             weights, weights_label = Path(args.weights), str(args.weights)
         else:
-            weights = write_random_weights(args.backbone, args.seed, scratch_dir / f"{args.backbone}-seed{args.seed}.pth")
+            weights = write_random_weights(args.backbone, args.seed,
+                                           scratch_dir / f"{args.backbone}-seed{args.seed}.pth")
             weights_label = f"random init (seed {args.seed})"
         settings = settings_line(args, weights_label, extra)
         print(machine_lines(info), flush=True)

@@ -86,7 +86,8 @@ def main() -> int:
         for name, run, options in pipelines:
             setup_s, seconds, images = run(args.data, args.image_size, args.batch_size, workers, args.epochs, **options)
             later = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
-            rows.append(f"| {name} | {workers} | {setup_s:.1f} | {seconds[0]:.2f} | {later:.2f} | {images / later:.0f} |")
+            rows.append(f"| {name} | {workers} | {setup_s:.1f} | {seconds[0]:.2f} | {later:.2f} "
+                        f"| {images / later:.0f} |")
             print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))
     return 0

@@ -25,7 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TUTORIAL_RESIZE_RATIO = 256 / 224  # the tutorial's Resize(256) + CenterCrop(224)
 
 
-def data_transforms(image_size: int = 224, resize_ratio: float = TUTORIAL_RESIZE_RATIO) -> dict[str, transforms.Compose]:
+def data_transforms(image_size: int = 224,
+                    resize_ratio: float = TUTORIAL_RESIZE_RATIO) -> dict[str, transforms.Compose]:
     """Train: random resized crop and flip; val: resize to ``image_size * resize_ratio`` and centre crop."""
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     return {
@@ -50,7 +51,8 @@ def classifier_path(model: nn.Module) -> str:
         return "fc"
     if isinstance(model, models.VGG):
         return f"classifier.{len(model.classifier) - 1}"
-    raise ValueError(f"{type(model).__name__}: only ResNet-style (fc) and VGG (classifier[-1]) backbones are supported.")
+    raise ValueError(f"{type(model).__name__}: only ResNet-style (fc) and VGG (classifier[-1]) backbones "
+                     "are supported.")
 
 
 def replace_classifier(model: nn.Module, num_classes: int) -> str:
@@ -63,7 +65,8 @@ def replace_classifier(model: nn.Module, num_classes: int) -> str:
     return path
 
 
-def build_model(backbone: str, num_classes: int, mode: str, weights_file: str | Path | None = None) -> tuple[nn.Module, str]:
+def build_model(backbone: str, num_classes: int, mode: str,
+                weights_file: str | Path | None = None) -> tuple[nn.Module, str]:
     """The backbone with a new classifier, set up for ``mode``; returns the model and its classifier's path.
 
     ``finetune`` and ``feature_extract`` start from ``weights_file`` (a torchvision state dict) when
@@ -125,7 +128,8 @@ def train_reference(
     tfms = data_transforms(image_size, resize_ratio)
     image_datasets = {phase: datasets.ImageFolder(str(Path(data_root) / phase), tfms[phase]) for phase in PHASES}
     dataloaders = {
-        phase: DataLoader(image_datasets[phase], batch_size=batch_size, shuffle=phase == "train", num_workers=num_workers)
+        phase: DataLoader(image_datasets[phase], batch_size=batch_size, shuffle=phase == "train",
+                          num_workers=num_workers)
         for phase in PHASES
     }
     dataset_sizes = {phase: len(image_datasets[phase]) for phase in PHASES}

@@ -42,7 +42,8 @@ def make_image_folder(root: Path, per_class: int = 12, size: int = 40, splits: t
 
 
 def make_datamodule(root: Path, image_size: int = 32, **kwargs) -> ImageFolderDataModule:
-    """A data module on ``root`` with ResNet-18's preprocessing at ``image_size`` (resize 37 for 32), no augmentation."""
+    """A data module on ``root`` with ResNet-18's preprocessing at ``image_size`` (resize 37 for 32), no
+    augmentation."""
     options = {"batch_size": 4, "num_workers": 0, **kwargs}
     return ImageFolderDataModule(str(root), RESNET18, image_size=image_size, **options)
 

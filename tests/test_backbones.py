@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, get_model
 
-from transferlab.model.backbones import build_backbone, is_weights_file
 from transferlab.errors import ConfigError
+from transferlab.model.backbones import build_backbone, is_weights_file
 
 CACHE_NAME = ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]
 

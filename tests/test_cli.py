@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import FAST
 
 REPO = Path(__file__).resolve().parents[1]

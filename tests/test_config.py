@@ -4,11 +4,11 @@ import inspect
 from pathlib import Path
 
 import pytest
-from conftest import CONFIG_DIR
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from conftest import CONFIG_DIR
 from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.model.modes import MODES
 
@@ -43,8 +43,10 @@ def test_defaults_are_the_classic_recipe(make_config):
 
 def test_resnet18_preset():
     cfg = compose_preset("resnet18_finetune")
-    assert (cfg.backbone.name, cfg.mode.name, cfg.data.batch_size, cfg.trainer.max_epochs) == ("resnet18", "finetune", 4, 25)
-    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.scheduler.step_size, cfg.scheduler.gamma) == (0.001, 0.9, 7, 0.1)
+    assert ((cfg.backbone.name, cfg.mode.name, cfg.data.batch_size, cfg.trainer.max_epochs)
+            == ("resnet18", "finetune", 4, 25))
+    assert ((cfg.optimizer.lr, cfg.optimizer.momentum, cfg.scheduler.step_size, cfg.scheduler.gamma)
+            == (0.001, 0.9, 7, 0.1))
 
 
 def test_vgg16_preset():

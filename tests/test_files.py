@@ -4,8 +4,8 @@ import csv
 from pathlib import Path
 
 import pytest
-from conftest import make_datamodule, make_image_folder
 
+from conftest import make_datamodule, make_image_folder
 from transferlab.cli.predict import Prediction, write_csv
 from transferlab.data.scan import Finding, write_skipped
 

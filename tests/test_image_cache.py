@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_datamodule, make_image_folder
 from torchvision.transforms import RandomResizedCrop
 
 import transferlab.data.datamodule
+from conftest import make_datamodule, make_image_folder
 from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.errors import ConfigError
 
@@ -62,7 +62,7 @@ def test_cached_images_give_the_same_eval_inputs(large_images, cache_images):
     cached = all_batches(datamodule(large_images, cache_images=cache_images, augment=[]))
     uncached = all_batches(datamodule(large_images, cache_images=False, augment=[]))
     assert len(cached) == len(uncached)
-    for with_cache, without in zip(cached, uncached):
+    for with_cache, without in zip(cached, uncached, strict=True):
         assert torch.equal(with_cache, without)
 
 

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, make_image_folder
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from transferlab.model.checkpoint import load_classifier, preprocessing
-from transferlab.errors import ConfigError
+from conftest import compose_config, make_image_folder
 from transferlab.cli.evaluate import evaluate, evaluation_set, save_confusion_png
 from transferlab.cli.evaluate import main as evaluate_main
 from transferlab.cli.export import export_model, load_exported
 from transferlab.cli.predict import list_images, predict_files, write_csv
 from transferlab.cli.predict import main as predict_main
 from transferlab.cli.train import train
+from transferlab.errors import ConfigError
+from transferlab.model.checkpoint import load_classifier, preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,8 @@ def test_unreadable_files_are_error_rows_not_crashes(model, image_folder, tmp_pa
     (folder / "notes.png").write_text("not an image at all\n")
     (folder / "readme.txt").write_text("ignored: not an image extension\n")
     files = list_images(folder)
-    assert [f.relative_to(folder).as_posix() for f in files] == ["corrupt.jpg", "good.png", "notes.png", "nested/deep.png"]
+    assert [f.relative_to(folder).as_posix() for f in files] == ["corrupt.jpg", "good.png", "notes.png",
+                                                                 "nested/deep.png"]
     rows = {Path(p.path).name: p for p in predict_files(model, files, top_k=10, batch_size=3)}
     for bad in ("corrupt.jpg", "notes.png"):
         assert rows[bad].error and not rows[bad].label and rows[bad].score is None, rows[bad]

@@ -8,8 +8,9 @@ import csv
 import json
 
 import pytest
-from conftest import CONFIG_DIR, FAST
 from hydra import compose, initialize_config_dir
+
+from conftest import CONFIG_DIR, FAST
 from test_cli import run_cli
 
 SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"

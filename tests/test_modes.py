@@ -6,8 +6,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from transferlab.model.modes import BACKBONE_GROUP
 from transferlab.cli.train import train
+from transferlab.model.modes import BACKBONE_GROUP
 
 LEARN = ["data.batch_size=6", "trainer.max_epochs=5", "optimizer=adam", "optimizer.lr=0.001"]
 

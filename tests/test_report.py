@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FAST
 from PIL import Image
-from test_cli import run_cli
 
+from conftest import FAST
+from test_cli import run_cli
 from transferlab.run import report, report_output, report_runs
 
 MODES = ["scratch", "finetune", "feature_extract"]

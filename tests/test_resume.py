@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import FAST
 from interruptions import PoisonAtBatch
-
+from transferlab.cli.train import train
 from transferlab.errors import ConfigError
 from transferlab.files import write_json_atomically
 from transferlab.run.guards import NonFiniteLossError
 from transferlab.run.resume import AtomicCheckpointIO, checkpoint_to_resume
-from transferlab.cli.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"train_time_s", "train_images_per_s", "best_checkpoint"}
@@ -24,7 +24,8 @@ EXACT = ["trainer.deterministic=true", "data.batch_size=8", "trainer.max_epochs=
 
 
 def run_cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "transferlab.train", f"hydra.run.dir={run_dir}", *overrides],
                           cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
 

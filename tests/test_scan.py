@@ -9,15 +9,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import RESNET18, make_datamodule, make_image_folder
 from PIL import Image
-from torchvision.models import ResNet18_Weights
 
+from conftest import RESNET18, make_datamodule, make_image_folder
+from transferlab.cli.train import build_model, train
 from transferlab.data import scan
-from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.errors import ConfigError
 from transferlab.model.module import class_weights
-from transferlab.cli.train import build_model, train
 
 BAD = {"corrupt.jpg": "truncated", "text.jpg": "not an image", "empty.png": "empty file"}
 ACCEPTED = ("gray.png", "cmyk.jpg", "rgba.png")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from transferlab.model.module import TransferClassifier
 from transferlab.cli.train import train
+from transferlab.model.module import TransferClassifier
 from transferlab.run.speed import compiled, use_channels_last
 
 
@@ -36,7 +36,8 @@ def test_compiled_model_trains_and_saves_the_original_module(make_config):
     checkpoint = Path(results["best_checkpoint"])
     keys = torch.load(checkpoint, weights_only=True)["state_dict"].keys()
     assert "head.0.weight" in keys and not any("_orig_mod" in key for key in keys)
-    assert TransferClassifier.load_from_checkpoint(checkpoint, weights=None).eval()(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    assert (TransferClassifier.load_from_checkpoint(checkpoint, weights=None).eval()(torch.rand(1, 3, 32, 32)).shape
+            == (1, 3))
 
 
 @pytest.mark.parametrize(("setting", "accelerator", "precision", "expected"), [

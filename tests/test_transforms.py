@@ -82,7 +82,8 @@ def test_eval_output_is_the_normalised_crop():
 
 @pytest.mark.parametrize("size", [16, 24])
 def test_train_augmented_output_is_normalised_crop(size: int):
-    transform = ODD.at_size(size).train_transform([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()])
+    transform = ODD.at_size(size).train_transform([transforms.RandomResizedCrop(size),
+                                                   transforms.RandomHorizontalFlip()])
     out = transform(constant_image())  # a constant image stays constant under crop and flip
     assert out.dtype == torch.float32 and out.shape == (3, size, size)
     torch.testing.assert_close(out, normalised_colour(ODD.mean, ODD.std).expand(3, size, size))
@@ -90,7 +91,8 @@ def test_train_augmented_output_is_normalised_crop(size: int):
 
 def test_train_augmentation_is_applied():
     torch.manual_seed(0)
-    transform = of(ResNet18_Weights.DEFAULT).at_size(16).train_transform([transforms.RandomResizedCrop(16, scale=(0.05, 0.2))])
+    transform = of(ResNet18_Weights.DEFAULT).at_size(16).train_transform(
+        [transforms.RandomResizedCrop(16, scale=(0.05, 0.2))])
     image = noise_image()
     assert not torch.equal(transform(image), transform(image))
 

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import CONFIG_DIR, FAST
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -17,6 +16,7 @@ from torchvision.models import ResNet18_Weights
 from torchvision.transforms import Normalize
 from torchvision.transforms._presets import ImageClassification
 
+from conftest import CONFIG_DIR, FAST
 from transferlab.cli.train import train
 from transferlab.data.transforms import Preprocessing
 from transferlab.run import visuals
@@ -46,7 +46,7 @@ class ValidationPredictions(Callback):
 
     def counts(self, epoch: int, num_classes: int) -> torch.Tensor:
         """Rows: true class, columns: predicted class."""
-        predictions, labels = (torch.cat(part) for part in zip(*self.epochs[epoch]))
+        predictions, labels = (torch.cat(part) for part in zip(*self.epochs[epoch], strict=True))
         return torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).view(num_classes, -1)
 
 
@@ -107,7 +107,7 @@ def test_tensorboard_confusion_matrix_counts_that_epochs_validation_predictions(
     events, recorder = visual_run.events, visual_run.predictions
     steps = [image.step for image in events.Images("val/confusion_matrix")]
     assert len(visual_run.confusion_figures) == len(steps) >= 1
-    for epoch, figure in zip(steps, visual_run.confusion_figures):
+    for epoch, figure in zip(steps, visual_run.confusion_figures, strict=True):
         expected = recorder.counts(epoch, num_classes=3)  # blue, green, red
         assert expected.sum() == 36  # the 36 val images once: no sanity-check batch, no earlier epoch
         axes = figure.axes[0]

@@ -60,7 +60,8 @@ def check_launch(trainer: pl.Trainer) -> None:
         return
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise ConfigError(
-            f"trainer.devices={trainer.num_devices} with trainer=ddp cannot run inside a multirun (-m): Lightning starts "
+            f"trainer.devices={trainer.num_devices} with trainer=ddp cannot run inside a multirun (-m): "
+            "Lightning starts "
             "the other processes by running the whole sweep command again. Run each multi-device run as its own "
             "command (a shell loop over the settings), or sweep on SLURM with one task per device "
             "(hydra/launcher=slurm_gpu hydra.launcher.tasks_per_node=N hydra.launcher.gpus_per_node=N), where srun "

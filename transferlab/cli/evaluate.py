@@ -24,12 +24,12 @@ from torchmetrics.classification import (
 )
 
 from transferlab.cli.args import resolve_device, run_cli
-from transferlab.layout import SPLIT, run_folder
-from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.data.folders import ClassFolder, class_folders, default_num_workers
+from transferlab.data.images import load_rgb
 from transferlab.errors import ConfigError
 from transferlab.files import atomic_path, write_json_atomically
-from transferlab.data.images import load_rgb
+from transferlab.layout import SPLIT, run_folder
+from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.model.module import TransferClassifier
 
 USAGE = ("python -m transferlab.evaluate ckpt=PATH data.root=DIR [split=auto|test|val|train] [output=DIR] "
@@ -174,7 +174,7 @@ def _misclassified(dataset: Dataset, predicted: list[int], class_names: list[str
     if samples is None:
         return []
     wrong = []
-    for index, guess in zip(indices, predicted):
+    for index, guess in zip(indices, predicted, strict=True):
         path, label = samples[index]
         if label != guess:
             wrong.append({"path": path, "true": class_names[label], "predicted": class_names[guess]})
@@ -197,7 +197,8 @@ def format_report(report: dict[str, Any]) -> str:
     cell = max(5, *(len(name) for name in names), *(len(str(v)) for row in matrix for v in row))
     lines += ["", "confusion matrix (rows: true class, columns: predicted class)",
               " " * width + "  " + " ".join(f"{name:>{cell}}" for name in names)]
-    lines += [f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row) for name, row in zip(names, matrix)]
+    lines += [f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row)
+              for name, row in zip(names, matrix, strict=True)]
     return "\n".join(lines)
 
 
@@ -231,7 +232,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     json_path, png_path = output / f"{stem}.json", output / f"{stem}_confusion.png"
     write_json_atomically(json_path, report)
     save_confusion_png(report, png_path, f"{checkpoint.name} on {split}: accuracy {report['accuracy']:.4f}")
-    print(f"Evaluated {checkpoint} on {source} ({device})\n\n{format_report(report)}\n\nSaved {json_path} and {png_path}")
+    print(f"Evaluated {checkpoint} on {source} ({device})\n\n{format_report(report)}\n\n"
+          f"Saved {json_path} and {png_path}")
     return {**report, "json": str(json_path), "png": str(png_path)}
 
 

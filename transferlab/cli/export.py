@@ -19,9 +19,9 @@ from omegaconf import MISSING, DictConfig
 from torch import nn
 
 from transferlab.cli.args import run_cli
-from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.errors import ConfigError
 from transferlab.files import write_json_atomically
+from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.model.module import TransferClassifier
 
 log = logging.getLogger(__name__)

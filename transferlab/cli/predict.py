@@ -16,11 +16,11 @@ from omegaconf import MISSING, DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.cli.args import resolve_device, run_cli
-from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.data.folders import IMG_EXTENSIONS, default_num_workers, image_files
+from transferlab.data.images import load_rgb
 from transferlab.errors import ConfigError
 from transferlab.files import atomic_path
-from transferlab.data.images import load_rgb
+from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.model.module import TransferClassifier
 
 USAGE = ("python -m transferlab.predict ckpt=PATH input=DIR_OR_FILE [top_k=3] [output=preds.csv] "
@@ -104,18 +104,19 @@ def predict_files(model: TransferClassifier, files: Sequence[Path], top_k: int =
     class_names = list(model.hparams.class_names)
     top_k = min(top_k, len(class_names))
     inputs = preprocessing(model)
-    loader = DataLoader(ImageFiles(files, inputs.eval_transform(), inputs.input_shape), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(ImageFiles(files, inputs.eval_transform(), inputs.input_shape), batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     predictions: list[Prediction] = []
     for images, errors in loader:
         batch = [Prediction(path=str(path), error=error)
-                 for path, error in zip(files[len(predictions):len(predictions) + len(errors)], errors)]
+                 for path, error in zip(files[len(predictions):len(predictions) + len(errors)], errors, strict=True)]
         readable = [index for index, error in enumerate(errors) if not error]
         if readable:
             logits = model(images[readable].to(device, non_blocking=True))
             probabilities, classes = logits.float().softmax(dim=1).topk(top_k, dim=1)
-            for index, row_probabilities, row_classes in zip(readable, probabilities.tolist(), classes.tolist()):
-                batch[index].top_k = [(class_names[c], p) for c, p in zip(row_classes, row_probabilities)]
+            for index, row_probabilities, row_classes in zip(readable, probabilities.tolist(), classes.tolist(),
+                                                             strict=True):
+                batch[index].top_k = [(class_names[c], p) for c, p in zip(row_classes, row_probabilities, strict=True)]
                 batch[index].label, batch[index].score = batch[index].top_k[0]
         predictions += batch
     return predictions

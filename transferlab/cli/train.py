@@ -31,7 +31,8 @@ from transferlab.run.speed import compiled, use_channels_last
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/, absolute: the entry point is imported
+# the repository's conf/, absolute: the entry point is imported
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def build_callbacks(cfg: DictConfig, mode: Mode, datamodule: ImageFolderDataModule) -> list[Callback]:

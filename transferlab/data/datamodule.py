@@ -12,15 +12,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 
 from transferlab.data.download import fetch_dataset
-from transferlab.data.folders import ClassFolder, class_folders, default_num_workers, is_image
 from transferlab.data.features import CacheFeatures, feature_cache
+from transferlab.data.folders import ClassFolder, class_folders, default_num_workers, is_image
 from transferlab.data.image_cache import BYTES_PER_GB, IMAGE_CACHE_SETTINGS, SHRINK, DecodedImageCache
-from transferlab.data.transforms import Preprocessing
-from transferlab.errors import ConfigError
-from transferlab.files import write_json_atomically
-from transferlab.layout import SCAN_CACHE, SKIPPED, SPLIT
 from transferlab.data.images import load_rgb
-from transferlab.ranks import is_global_zero
 from transferlab.data.scan import (
     PIL_MAX_IMAGE_PIXELS,
     ScanReport,
@@ -29,6 +24,11 @@ from transferlab.data.scan import (
     scan_dataset,
     write_skipped,
 )
+from transferlab.data.transforms import Preprocessing
+from transferlab.errors import ConfigError
+from transferlab.files import write_json_atomically
+from transferlab.layout import SCAN_CACHE, SKIPPED, SPLIT
+from transferlab.ranks import is_global_zero
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def _warn_imbalance(self) -> None:
         smallest, largest = min(self.class_counts), max(self.class_counts)
         if largest > IMBALANCE_RATIO * smallest:
-            counts = ", ".join(f"{name} {count}" for name, count in zip(self.class_names, self.class_counts))
+            counts = ", ".join(f"{name} {count}"
+                               for name, count in zip(self.class_names, self.class_counts, strict=True))
             log.warning("Classes are imbalanced beyond 1:%d in the training images (%s); "
                         "loss.class_weights=balanced weights the loss by inverse class frequency.",
                         IMBALANCE_RATIO, counts)

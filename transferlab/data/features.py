@@ -22,8 +22,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
-from transferlab.errors import ConfigError
 from transferlab.data.image_cache import BYTES_PER_GB
+from transferlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,8 @@ class DecodedImageCache:
 
     ``fill`` decodes images (in parallel loader processes) and keeps them until ``max_bytes`` is
     reached; a path that is not cached is decoded by ``load`` on every access. With ``short_side``
-    every image, cached or not, is shrunk so that its shorter side is at most ``short_side``. Serving a cached image costs an array-to-PIL copy, so the random
+    every image, cached or not, is shrunk so that its shorter side is at most ``short_side``. Serving
+    a cached image costs an array-to-PIL copy, so the random
     augmentation still runs on every access. Loader processes forked after ``fill`` share the
     arrays with the parent process.
     """
@@ -75,7 +76,7 @@ class DecodedImageCache:
         decoded = DataLoader(_Decoded(paths, self.load, self.short_side), batch_size=None,
                              num_workers=min(num_workers, len(paths)), collate_fn=_as_is)
         kept = 0
-        for path, array in zip(paths, decoded):
+        for path, array in zip(paths, decoded, strict=True):
             if self.nbytes + array.nbytes > self.max_bytes:
                 break
             self.arrays[path] = array
@@ -83,4 +84,5 @@ class DecodedImageCache:
             kept += 1
         log.info("Image cache: %d of %d images decoded once and kept in memory (%.0f MB of data.cache_max_gb=%.3g)%s",
                  kept, len(paths), self.nbytes / 1024**2, self.max_bytes / BYTES_PER_GB,
-                 "" if kept == len(paths) else "; the rest are decoded every epoch (raise data.cache_max_gb to keep them)")
+                 "" if kept == len(paths)
+                 else "; the rest are decoded every epoch (raise data.cache_max_gb to keep them)")

@@ -222,7 +222,7 @@ def check_all(paths: list[Path], cache: ScanCache, max_pixels: int) -> list[File
         log.info("Scanning %d image files (%d cached)", len(missing), len(paths) - len(missing))
         workers = min(8, len(missing), os.cpu_count() or 1)
         with no_pixel_limit(), ThreadPoolExecutor(max_workers=workers) as pool:
-            for i, check in zip(missing, pool.map(lambda i: check_image(paths[i], max_pixels), missing)):
+            for i, check in zip(missing, pool.map(lambda i: check_image(paths[i], max_pixels), missing), strict=True):
                 checks[i] = check
                 cache.put(paths[i], check)
     return checks  # type: ignore[return-value]
@@ -237,7 +237,7 @@ def scan_split(folder: Path, cache: ScanCache, max_pixels: int) -> tuple[ScanRep
     images, ignored = [p for p in files if is_image(p)], [p for p in files if not is_image(p)]
     report = ScanReport()
     usable = []
-    for path, check in zip(images, check_all(images, cache, max_pixels)):
+    for path, check in zip(images, check_all(images, cache, max_pixels), strict=True):
         reason = check.error or too_large(check, max_pixels)
         if reason:
             report.problems.append(Finding(str(path), reason))

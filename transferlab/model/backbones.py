@@ -90,7 +90,8 @@ def build_backbone(name: str, weights: str | None, classifier: str | None = None
     path = classifier or _last_linear(model, name)
     num_features = _classifier_width(model, path, name)
     model.set_submodule(path, nn.Identity())
-    head_state = _load_file(model, Path(weights).expanduser(), name, path, class_names) if is_weights_file(weights) else None
+    head_state = (_load_file(model, Path(weights).expanduser(), name, path, class_names)
+                  if is_weights_file(weights) else None)
     return Backbone(network=model, num_features=num_features, head_state=head_state)
 
 

@@ -91,7 +91,7 @@ class FreezeBackbone(BaseFinetuning):
         if not grads:
             return
         averaged = trainer.strategy.reduce(torch.cat([grad.flatten() for grad in grads]), reduce_op="mean")
-        for grad, mean in zip(grads, averaged.split([grad.numel() for grad in grads])):
+        for grad, mean in zip(grads, averaged.split([grad.numel() for grad in grads]), strict=True):
             grad.copy_(mean.view_as(grad))
 
     def unfreeze(self, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
@@ -125,7 +125,8 @@ class Mode:
         return weights if self.pretrained else None
 
     def callback(self, settings: Mapping[str, Any]) -> Callback | None:
-        """The callback that freezes (and maybe unfreezes) the backbone, from the mode's config; None if it never freezes."""
+        """The callback that freezes (and maybe unfreezes) the backbone, from the mode's config; None if it
+        never freezes."""
         return self.make_callback(settings) if self.make_callback else None
 
 

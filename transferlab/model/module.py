@@ -18,7 +18,8 @@ CLASS_WEIGHTS = ("balanced",)
 
 
 def class_weights(setting: str | None, counts: list[int]) -> list[float] | None:
-    """Loss weights per class: ``None``, or for ``"balanced"`` N / (K * count_k) (inverse frequency, mean 1 per image)."""
+    """Loss weights per class: ``None``, or for ``"balanced"`` N / (K * count_k) (inverse frequency, mean 1
+    per image)."""
     if setting is None:
         return None
     if setting not in CLASS_WEIGHTS:
@@ -35,7 +36,8 @@ class TransferClassifier(pl.LightningModule):
     the ``mode`` starts from random init); ``preprocessing`` (``Preprocessing.to_dict()``) is the
     input pipeline the model is trained and validated with, kept in the checkpoint; by default that
     of ``weights`` at its native size. ``optimizer`` and ``scheduler`` are Hydra ``_target_``
-    configs (partials) that ``configure_optimizers`` completes with the parameters. ``channels_last`` stores the backbone's weights and its input batches NHWC, which convolutions
+    configs (partials) that ``configure_optimizers`` completes with the parameters. ``channels_last``
+    stores the backbone's weights and its input batches NHWC, which convolutions
     on tensor-core GPUs (and some CPUs) run faster.
     """
 
@@ -90,7 +92,8 @@ class TransferClassifier(pl.LightningModule):
         return features
 
     def classify(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of images (N, C, H, W), or of cached backbone features (N, D) (``transferlab.features``)."""
+        """Logits for a batch of images (N, C, H, W), or of cached backbone features (N, D)
+        (``transferlab.features``)."""
         return self.head(inputs) if inputs.ndim == 2 else self(inputs)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -127,7 +130,8 @@ class TransferClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         groups = self.param_groups()
-        optimizer_partial = instantiate(self.hparams.optimizer or {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-3})
+        optimizer_partial = instantiate(self.hparams.optimizer
+                                        or {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-3})
         base_lr = optimizer_partial.keywords["lr"]
         for group in groups:
             group["lr"] = base_lr * group["lr_scale"]

@@ -133,7 +133,7 @@ class PictureSample:
             make_pictures: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Offer one batch; ``make_pictures`` turns the images kept, in one call, into uint8 pictures."""
         fresh = []  # [position in the epoch, index in the batch -> picture, prediction, label]
-        for index, (predicted, true) in enumerate(zip(predictions.tolist(), labels.tolist())):
+        for index, (predicted, true) in enumerate(zip(predictions.tolist(), labels.tolist(), strict=True)):
             mistake = predicted != true
             slot = self._slot(mistake)
             if slot is not None:
@@ -141,7 +141,7 @@ class PictureSample:
                 self._kept[mistake][slot:slot + 1] = [entry]  # replaces, or appends at the end
                 fresh.append(entry)
         if fresh:
-            for entry, picture in zip(fresh, make_pictures(images[[entry[1] for entry in fresh]])):
+            for entry, picture in zip(fresh, make_pictures(images[[entry[1] for entry in fresh]]), strict=True):
                 entry[1] = picture
         self._position += len(predictions)
 
@@ -163,5 +163,5 @@ class PictureSample:
                          key=lambda entry: entry[0])
         if not entries:
             return None
-        _, pictures, predictions, labels = zip(*entries)
+        _, pictures, predictions, labels = zip(*entries, strict=True)
         return torch.stack(pictures), torch.tensor(predictions), torch.tensor(labels)

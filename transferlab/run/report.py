@@ -10,8 +10,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from transferlab.run.report_output import format_number, to_markdown_table, write_report
 from transferlab.layout import FAILURE, RESULTS
+from transferlab.run.report_output import format_number, to_markdown_table, write_report
 from transferlab.run.report_runs import find_run_folders, find_runs, read_runs
 
 log = logging.getLogger(__name__)

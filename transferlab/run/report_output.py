@@ -100,17 +100,17 @@ def plot_curves(runs: Sequence[Run]) -> "Figure":
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
     panels = (("val_acc", "val/acc"), ("val_loss", "val/loss"), ("train_loss", "train/loss"))
-    for ax, (_, title) in zip(axes, panels):
+    for ax, (_, title) in zip(axes, panels, strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for index, run in enumerate(run for run in runs if run.status == "ok" and run.metric("history")):
         colour = f"C{index % 10}"
-        for ax, (key, _) in zip(axes, panels):
+        for ax, (key, _) in zip(axes, panels, strict=True):
             points = [(h["epoch"], h[key]) for h in run.metric("history") if h.get(key) is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, color=colour, label=run.label)
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, color=colour, label=run.label)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize="small")

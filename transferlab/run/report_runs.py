@@ -14,6 +14,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
+
 from transferlab.layout import FAILURE, RESULTS
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def varying_settings(runs: Sequence[Run]) -> list[str]:
     overrides = [run.override_values for run in runs]
     keys = list(dict.fromkeys(key for values in overrides for key in values if not is_noise(key)))
     values = {key: [given[key] if key in given else configured_value(run.path, key)
-                    for run, given in zip(runs, overrides)] for key in keys}
+                    for run, given in zip(runs, overrides, strict=True)] for key in keys}
     varying = [key for key in keys if len(set(values[key])) > 1]
     for index, run in enumerate(runs):
         run.settings = {key: values[key][index] for key in varying}
