@@ -32,11 +32,13 @@ def test_compile_switch_wraps_the_model_only_when_enabled(resnet18_weights):
 
 @pytest.mark.slow
 def test_compiled_model_trains_and_saves_the_original_module(make_config):
-    results = train(make_config("compile.enabled=true", "compile.backend=eager", "trainer.max_epochs=1"))
+    # AlexNet: the torchvision classifier with the fewest layers, so that tracing it takes seconds
+    results = train(make_config("compile.enabled=true", "compile.backend=eager", "trainer.max_epochs=1",
+                                "backbone.name=alexnet", "backbone.classifier=null", "data.image_size=64"))
     checkpoint = Path(results["best_checkpoint"])
     keys = torch.load(checkpoint, weights_only=True)["state_dict"].keys()
     assert "head.0.weight" in keys and not any("_orig_mod" in key for key in keys)
-    assert (TransferClassifier.load_from_checkpoint(checkpoint, weights=None).eval()(torch.rand(1, 3, 32, 32)).shape
+    assert (TransferClassifier.load_from_checkpoint(checkpoint, weights=None).eval()(torch.rand(1, 3, 64, 64)).shape
             == (1, 3))
 
 
