@@ -87,7 +87,7 @@ def test_the_data_modules_code_defaults_are_the_configs():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         data = compose(config_name="train", overrides=["data=image_folder"]).data
     parameters = inspect.signature(ImageFolderDataModule).parameters
-    compared = [key for key in data if key in parameters and key not in ("root", "image_size", "augment")]
+    compared = [key for key in data if key in parameters and key not in ("root", "augment")]
     assert {"cache_images", "cache_max_gb", "cache_features", "cache_views", "pin_memory"} <= set(compared)
     for key in compared:
         assert parameters[key].default == data[key], key

@@ -24,7 +24,7 @@ from torchmetrics.classification import (
 )
 
 from transferlab.cli.args import resolve_device, run_cli
-from transferlab.data.folders import ClassFolder, class_folders, default_num_workers
+from transferlab.data.folders import ClassFolder, default_num_workers, require_classes
 from transferlab.data.images import load_rgb
 from transferlab.errors import ConfigError
 from transferlab.files import atomic_path, write_json_atomically
@@ -83,14 +83,18 @@ def evaluation_set(root: str | Path, split: str, class_names: list[str], transfo
     if not folder.is_dir():
         raise ConfigError(f"split={split}: {folder} does not exist. Found: "
                           f"{', '.join(sorted(p.name for p in root.iterdir() if p.is_dir())) or 'no folders'}.")
-    check_classes(class_folders(folder), class_names, folder)
+    require_classes(folder, class_names, "the checkpoint", checkpoint_classes_fix(class_names))
     return ClassFolder(str(folder), transform=transform, loader=load_rgb), split, str(folder)
+
+
+def checkpoint_classes_fix(class_names: list[str]) -> str:
+    return f"Evaluate on a folder with one sub-folder per class the model was trained on: {', '.join(class_names)}."
 
 
 def _held_out(train_dir: Path, split_file: Path, class_names: list[str], transform: Any) -> tuple[Dataset, str, str]:
     """The val images a run without val/ carved out of ``train/``, as its ``split.json`` lists them."""
     record = json.loads(split_file.read_text())
-    check_classes(class_folders(train_dir), class_names, train_dir)
+    require_classes(train_dir, class_names, "the checkpoint", checkpoint_classes_fix(class_names))
     dataset = ClassFolder(str(train_dir), transform=transform, loader=load_rgb)
     index = {os.path.relpath(path, dataset.root): i for i, (path, _) in enumerate(dataset.samples)}
     missing = [name for name in record.get("val", []) if name not in index]
@@ -100,17 +104,6 @@ def _held_out(train_dir: Path, split_file: Path, class_names: list[str], transfo
             f"{', ...' if len(missing) > 5 else ''}). Is data.root the folder that run was trained on?"
         )
     return Subset(dataset, [index[name] for name in record["val"]]), "heldout", f"{train_dir} (held out, {split_file})"
-
-
-def check_classes(found: list[str], class_names: list[str], folder: Path) -> None:
-    """Fail unless ``folder`` has exactly the checkpoint's classes."""
-    if list(found) != list(class_names):
-        raise ConfigError(
-            f"The classes of {folder} differ from the checkpoint's: only in the checkpoint: "
-            f"{sorted(set(class_names) - set(found)) or 'none'}; only in the folder: "
-            f"{sorted(set(found) - set(class_names)) or 'none'}. Evaluate on a folder with one sub-folder per class "
-            f"the model was trained on: {', '.join(class_names)}."
-        )
 
 
 @torch.inference_mode()

@@ -13,7 +13,7 @@ from torchvision.datasets import ImageFolder
 
 from transferlab.data.download import fetch_dataset
 from transferlab.data.features import CacheFeatures, feature_cache
-from transferlab.data.folders import ClassFolder, class_folders, default_num_workers, is_image
+from transferlab.data.folders import ClassFolder, class_folders, default_num_workers, is_image, require_classes
 from transferlab.data.image_cache import BYTES_PER_GB, IMAGE_CACHE_SETTINGS, SHRINK, DecodedImageCache
 from transferlab.data.images import load_rgb
 from transferlab.data.scan import (
@@ -106,7 +106,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self,
         root: str,
         preprocessing: Preprocessing,
-        image_size: int | None = None,
+        image_size: int | None = 224,
         augment: Sequence[Callable] = (),
         batch_size: int = 32,
         num_workers: int | None = None,
@@ -167,7 +167,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         train_dir, val_dir = self._check_layout()
         self.class_names = class_folders(train_dir)
         if val_dir is not None:
-            self._check_val_classes(train_dir, val_dir)
+            require_classes(val_dir, self.class_names, "train",
+                            "Give both splits the same class folders (check spelling and case).")
         bad = self._scan(train_dir, val_dir)
         Image.MAX_IMAGE_PIXELS = self.max_image_pixels  # what the scan allowed, PIL allows
         train_for_training = self._folder(train_dir, self.train_transform, bad)
@@ -216,16 +217,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.image_cache.fill([path for folder in folders for path, _ in folder.samples], self.num_workers)
         for folder in folders:
             folder.loader = self.image_cache
-
-    def _check_val_classes(self, train_dir: Path, val_dir: Path) -> None:
-        val_classes = class_folders(val_dir)
-        if val_classes != self.class_names:
-            raise ConfigError(
-                f"The classes of {val_dir} differ from those of {train_dir}: only in train: "
-                f"{sorted(set(self.class_names) - set(val_classes)) or 'none'}; only in val: "
-                f"{sorted(set(val_classes) - set(self.class_names)) or 'none'}. Give both splits "
-                "the same class folders (check spelling and case)."
-            )
 
     def _scan(self, train_dir: Path, val_dir: Path | None) -> set[str]:
         """Scan every file; stop on bad ones, or return their paths to leave out (``on_bad_image=skip``)."""

@@ -106,6 +106,17 @@ def class_folders(split: Path) -> list[str]:
     return classes
 
 
+def require_classes(folder: Path, expected: list[str], expected_from: str, fix: str) -> None:
+    """Fail unless ``folder``'s class folders are exactly ``expected`` (named after ``expected_from``)."""
+    found = class_folders(folder)
+    if found != list(expected):
+        raise ConfigError(
+            f"The classes of {folder} differ from those of {expected_from}: only in {expected_from}: "
+            f"{sorted(set(expected) - set(found)) or 'none'}; only in {folder.name}: "
+            f"{sorted(set(found) - set(expected)) or 'none'}. {fix}"
+        )
+
+
 class ClassFolder(ImageFolder):
     """An ImageFolder that follows this module's rules: hidden folders are no classes, hidden files no samples.
 
