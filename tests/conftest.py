@@ -1,6 +1,9 @@
 """Shared fixtures: generated image folders and the real Hydra config, shrunk for speed."""
 
 import functools
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from torchvision.models import ResNet18_Weights
 from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.data.transforms import Preprocessing
 
+REPO = Path(__file__).resolve().parents[1]
 RESNET18 = Preprocessing.from_preset(ResNet18_Weights.DEFAULT.transforms())  # resize 256, crop 224
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 COLOURS = {"blue": (30, 40, 220), "green": (40, 200, 50), "red": (220, 40, 30)}
@@ -143,3 +147,17 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m transferlab.train ARGS`` in a new process run from ``cwd``, with tests/ importable (for
+    ``+callbacks.X._target_=interruptions.Y``)."""
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "transferlab.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def train_cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """One training run into ``run_dir`` (``hydra.run.dir``), from the command line."""
+    return run_train(f"hydra.run.dir={run_dir}", *overrides, cwd=run_dir.parent)

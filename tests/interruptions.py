@@ -1,7 +1,7 @@
 """Callbacks that interrupt a run on cue, for the resume tests (loaded by the CLI via +callbacks.X)."""
 
 import os
-import signal
+import signal as signal_module
 
 import lightning.pytorch as pl
 import torch
@@ -15,18 +15,29 @@ class KillAtEpoch(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal_module.SIGKILL)
 
 
-class TerminateAtBatch(pl.Callback):
-    """Send SIGTERM to the process in the middle of ``epoch``, as a cluster pre-empting the job would."""
+class SignalAtBatch(pl.Callback):
+    """Send ``signal`` (SIGTERM: a cluster pre-empting the job; SIGINT: Ctrl-C) to the process in ``epoch``."""
 
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.epoch, self.batch = epoch, batch
+    def __init__(self, epoch: int, batch: int, signal: str = "SIGTERM") -> None:
+        self.epoch, self.batch, self.signal = epoch, batch, getattr(signal_module, signal)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signal)
+
+
+class PoisonBufferBeforeValidation(pl.Callback):
+    """Make a BatchNorm running variance infinite before ``epoch``'s validation: the loss stays finite."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            pl_module.backbone.bn1.running_var.fill_(float("inf"))
 
 
 class PoisonAtBatch(pl.Callback):

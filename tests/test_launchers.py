@@ -10,8 +10,7 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import CONFIG_DIR, FAST
-from test_cli import run_cli
+from conftest import CONFIG_DIR, FAST, run_train
 
 SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
@@ -64,7 +63,7 @@ def test_the_local_parallel_preset_runs_two_jobs_at_a_time():
 ], ids=["joblib", "submitit_local"])
 def test_a_local_launcher_runs_the_sweep_and_its_report(tmp_path, image_folder, launcher):
     sweep_dir = tmp_path / "sweep"
-    cli = run_cli("-m", *launcher, "mode=scratch,feature_extract", f"data.root={image_folder}", *FAST,
+    cli = run_train("-m", *launcher, "mode=scratch,feature_extract", f"data.root={image_folder}", *FAST,
                   "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr[-3000:]
 

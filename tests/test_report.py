@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import FAST
-from test_cli import run_cli
+from conftest import FAST, run_train
 from transferlab.run import report, report_output, report_runs
 
 MODES = ["scratch", "finetune", "feature_extract"]
@@ -31,7 +30,7 @@ def lines_per_axes(runs: list[report_runs.Run]) -> list[list[str]]:
 @pytest.mark.slow
 def test_a_sweep_over_the_modes_leaves_a_report_that_matches_its_runs(tmp_path, image_folder):
     sweep_dir = tmp_path / "sweep"
-    cli = run_cli("-m", f"mode={','.join(MODES)}", f"data.root={image_folder}", *FAST, "trainer.max_epochs=2",
+    cli = run_train("-m", f"mode={','.join(MODES)}", f"data.root={image_folder}", *FAST, "trainer.max_epochs=2",
                   f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "best val/acc" in cli.stdout + cli.stderr  # each run's closing line

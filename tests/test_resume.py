@@ -1,33 +1,23 @@
-"""Interrupted runs lose nothing: SIGKILL + resume equals an uninterrupted run, SIGTERM writes last.ckpt,
-NaN stops the run keeping the last good checkpoint, checkpoint and results files are written atomically."""
+"""Interrupted runs lose nothing: kill -9, SIGTERM or Ctrl-C + resume equals an uninterrupted run, NaN stops
+the run keeping the last good checkpoint, checkpoint and results files are written atomically."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from conftest import FAST
-from interruptions import PoisonAtBatch
+from conftest import FAST, train_cli
+from interruptions import PoisonAtBatch, PoisonBufferBeforeValidation, SignalAtBatch
 from transferlab.cli.train import train
 from transferlab.errors import ConfigError
 from transferlab.files import write_json_atomically
 from transferlab.run.guards import NonFiniteLossError
 from transferlab.run.resume import AtomicCheckpointIO, checkpoint_to_resume
 
-REPO = Path(__file__).resolve().parents[1]
 TIMING_KEYS = {"train_time_s", "train_images_per_s", "best_checkpoint"}
 EXACT = ["trainer.deterministic=true", "data.batch_size=8", "trainer.max_epochs=4", "data.num_workers=0"]
-
-
-def run_cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "transferlab.train", f"hydra.run.dir={run_dir}", *overrides],
-                          cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
 
 
 def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -39,43 +29,67 @@ def figures(run_dir: Path) -> dict:
     return {key: value for key, value in results.items() if key not in TIMING_KEYS}
 
 
-@pytest.mark.slow
-def test_killed_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, image_folder):
-    # gradual, killed after its unfreeze epoch: frozen and trainable states, the optimizer's filled
-    # backbone group, OneCycle's per-step schedule and the random generators all cross the restart
-    mode = ["mode=gradual", "mode.unfreeze_at_epoch=1", "scheduler=onecycle"]
-    common = [f"data.root={image_folder}", *FAST, *EXACT, *mode]
-    assert run_cli(tmp_path / "whole", *common).returncode == 0
+# gradual, interrupted after its unfreeze epoch: frozen and trainable states, the optimizer's filled
+# backbone group, OneCycle's per-step schedule and the random generators all cross the restart
+EXACT_GRADUAL = [*FAST, *EXACT, "mode=gradual", "mode.unfreeze_at_epoch=1", "scheduler=onecycle"]
 
-    killed = run_cli(tmp_path / "resumed", *common, "+callbacks.kill._target_=interruptions.KillAtEpoch",
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    finished = train_cli(run_dir, f"data.root={image_folder}", *EXACT_GRADUAL)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return run_dir
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    """Same figures (timings aside) and bit-identical final weights, buffers and optimizer-free state."""
+    assert figures(run_dir) == figures(reference)
+    final, expected = final_state(run_dir), final_state(reference)
+    assert final.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(final[key], expected[key]), key
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, image_folder, uninterrupted):
+    common = [f"data.root={image_folder}", *EXACT_GRADUAL]
+    killed = train_cli(tmp_path / "resumed", *common, "+callbacks.kill._target_=interruptions.KillAtEpoch",
                      "+callbacks.kill.epoch=2")
     assert killed.returncode == -9  # SIGKILL after epoch 2 of 4
     assert not (tmp_path / "resumed" / "results.json").exists()
     assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
 
-    resumed = run_cli(tmp_path / "resumed", *common, "resume=true")
+    resumed = train_cli(tmp_path / "resumed", *common, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert figures(tmp_path / "resumed") == figures(tmp_path / "whole")
-    whole, again = final_state(tmp_path / "whole"), final_state(tmp_path / "resumed")
-    assert whole.keys() == again.keys()
-    for key in whole:
-        assert torch.equal(whole[key], again[key]), key
+    assert_same_run(tmp_path / "resumed", uninterrupted)
 
 
 @pytest.mark.slow
-def test_sigterm_writes_last_checkpoint_mid_epoch_and_the_run_resumes(tmp_path, image_folder):
-    common = [f"data.root={image_folder}", *FAST, *EXACT]
-    stopped = run_cli(tmp_path / "run", *common, "+callbacks.term._target_=interruptions.TerminateAtBatch",
-                      "+callbacks.term.epoch=1", "+callbacks.term.batch=1")
-    assert stopped.returncode == 128 + 15  # ended by SIGTERM
+@pytest.mark.parametrize(("signal_name", "exit_code"), [("SIGTERM", 128 + 15), ("SIGINT", 128 + 2)])
+def test_a_run_stopped_mid_epoch_by_a_signal_resumes_bit_identically(tmp_path, image_folder, uninterrupted,
+                                                                     signal_name, exit_code):
+    common = [f"data.root={image_folder}", *EXACT_GRADUAL]
+    stopped = train_cli(tmp_path / "run", *common, "+callbacks.stop._target_=interruptions.SignalAtBatch",
+                      "+callbacks.stop.epoch=2", "+callbacks.stop.batch=1", f"+callbacks.stop.signal={signal_name}")
+    assert stopped.returncode == exit_code, stopped.stderr[-3000:]
     assert not (tmp_path / "run" / "results.json").exists()
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 5 + 2  # 5 batches an epoch; 2 into epoch 1
-    assert "saved" in stopped.stdout + stopped.stderr and "resume=true" in stopped.stdout + stopped.stderr
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 2 * 5  # the end of epoch 1: 5 batches an epoch
+    assert "resume=true runs it again from the start of epoch 2" in stopped.stdout + stopped.stderr
 
-    resumed = run_cli(tmp_path / "run", *common, "resume=true")
+    resumed = train_cli(tmp_path / "run", *common, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs_run"] == 4
+    assert_same_run(tmp_path / "run", uninterrupted)
+
+
+def test_a_run_stopped_in_its_first_epoch_resumes_from_the_beginning(make_config, tmp_path):
+    reference = train(make_config("trainer.max_epochs=1", "paths.output_dir=" + str(tmp_path / "reference")))
+    with pytest.raises(SIGTERMException):
+        train(make_config("trainer.max_epochs=1"), [SignalAtBatch(epoch=0, batch=1)])
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    resumed = train(make_config("trainer.max_epochs=1", "resume=true"))
+    assert resumed["history"] == reference["history"]
 
 
 def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(make_config, tmp_path):
@@ -92,6 +106,16 @@ def test_nan_in_the_first_epoch_names_no_checkpoint_that_does_not_exist(make_con
     with pytest.raises(NonFiniteLossError) as error:
         train(make_config("trainer.max_epochs=1", "data.batch_size=8"), [PoisonAtBatch(epoch=0, batch=1)])
     assert "epoch 0, batch 1" in str(error.value) and "checkpoint" not in str(error.value)
+
+
+def test_non_finite_weights_with_a_finite_loss_stop_the_run_before_a_checkpoint(make_config, tmp_path):
+    with pytest.raises(NonFiniteLossError) as error:
+        train(make_config("trainer.max_epochs=3", "data.batch_size=8"), [PoisonBufferBeforeValidation(epoch=1)])
+    assert "epoch 1" in str(error.value) and "backbone.bn1.running_var" in str(error.value)
+    for name in ("last.ckpt", "best.ckpt"):
+        saved = torch.load(tmp_path / "run" / "checkpoints" / name, weights_only=True)
+        assert saved["epoch"] == 0, name
+        assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point()), name
 
 
 def test_resume_finds_last_ckpt_whatever_the_callbacks_group_holds(make_config, tmp_path):

@@ -12,6 +12,7 @@ FAILURE = "failure.json"
 SPLIT = "split.json"
 SCAN_CACHE = "scan.json"
 SKIPPED = "skipped.txt"
+LOCK = ".lock"  # held by the live run (transferlab.run.folder); left behind, it marks a folder a run started in
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

@@ -24,9 +24,11 @@ from transferlab.model.backbones import check_name, preprocessing_for
 from transferlab.model.modes import Mode, get_mode
 from transferlab.model.module import TransferClassifier, class_weights
 from transferlab.ranks import check_launch, is_global_zero, log_to_console_only
+from transferlab.run import folder as run_folder
+from transferlab.run.folder import RunFolderError
 from transferlab.run.guards import FiniteLoss
 from transferlab.run.results import RunSummary
-from transferlab.run.resume import AtomicCheckpointIO, CheckpointOnInterrupt, RandomState, checkpoint_to_resume
+from transferlab.run.resume import AtomicCheckpointIO, RandomState, RestartInterruptedEpoch, checkpoint_to_resume
 from transferlab.run.speed import compiled, use_channels_last
 
 log = logging.getLogger(__name__)
@@ -65,9 +67,14 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
 
     ``callbacks`` are added to the configured ones (for notebooks and tests that watch a run).
     """
+    output_dir = Path(cfg.paths.output_dir)
+    with run_folder.claimed(output_dir, resume=bool(cfg.get("resume"))):
+        return _train(cfg, output_dir, callbacks)
+
+
+def _train(cfg: DictConfig, output_dir: Path, callbacks: list[Callback] | None) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     check_name(cfg.backbone.name)
-    output_dir = Path(cfg.paths.output_dir)
     mode = get_mode(cfg.mode.name)
     datamodule = build_datamodule(cfg, output_dir)
     datamodule.prepare_data()
@@ -75,17 +82,23 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
     model = build_model(cfg, datamodule)
     summary = RunSummary(output_dir / RESULTS, {"backbone": cfg.backbone.name, "mode": mode.name,
                                                  "weights": model.hparams.weights})
-    safety = [RandomState(), CheckpointOnInterrupt(output_dir), FiniteLoss(output_dir)]
+    interruption = RestartInterruptedEpoch(output_dir)
+    safety = [RandomState(), interruption, FiniteLoss(output_dir)]
     configured = build_callbacks(cfg, mode, datamodule)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*configured, *safety, summary, *(callbacks or [])],
                                       logger=instantiate(cfg.logger) if cfg.get("logger") else False,
                                       plugins=[AtomicCheckpointIO()])
     check_launch(trainer)
-    resume_from = None
-    if cfg.get("resume"):
-        resume_from = checkpoint_to_resume(output_dir)
+    resume_from = checkpoint_to_resume(output_dir) if cfg.get("resume") else None
+    if resume_from is not None:
         log.info("Resuming from %s", resume_from)
-    trainer.fit(compiled(model, cfg.get("compile")), datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    try:
+        trainer.fit(compiled(model, cfg.get("compile")), datamodule=datamodule, ckpt_path=resume_from,
+                    weights_only=True)
+    except SystemExit:
+        if interruption.signal == signal.SIGINT:  # Lightning ends a Ctrl-C with exit code 1
+            raise KeyboardInterrupt from None
+        raise
     results = summary.results
     if trainer.is_global_zero:
         log.info(
@@ -121,9 +134,12 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return train(cfg)["best_val_acc"]
     except SIGTERMException:
-        sys.exit(128 + signal.SIGTERM)  # the shell's convention for "ended by SIGTERM"; last.ckpt is saved
+        sys.exit(128 + signal.SIGTERM)  # the shell's convention for "ended by SIGTERM"
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)
     except Exception as error:
-        record_failure(Path(cfg.paths.output_dir), error)
+        if not isinstance(error, RunFolderError):  # a folder that holds another run gets nothing written into it
+            record_failure(Path(cfg.paths.output_dir), error)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("Run failed, the sweep goes on: %s", error, exc_info=not isinstance(error, ConfigError))
             return None

@@ -1,6 +1,7 @@
-"""Losing no work: atomic checkpoint files, a checkpoint on SIGTERM/Ctrl-C, and exact resumption."""
+"""Losing no work: atomic checkpoint files, exact resumption after kill -9, SIGTERM or Ctrl-C."""
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from transferlab.files import atomic_path
 from transferlab.internals import collect_rng_states, set_rng_states
 from transferlab.layout import last_checkpoint
 from transferlab.model.loading import load_safely
+from transferlab.run.folder import previous_run, started_before
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +63,44 @@ class RandomState(Callback):
         set_rng_states(states)
 
 
-class CheckpointOnInterrupt(Callback):
-    """On SIGTERM (cluster pre-emption) or Ctrl-C, writes ``last.ckpt`` before the process exits.
+class RestartInterruptedEpoch(Callback):
+    """On SIGTERM (cluster pre-emption) or Ctrl-C, leaves ``last.ckpt`` at the end of the last whole epoch.
 
-    Unlike Lightning's ``OnExceptionCheckpoint``, other exceptions write nothing: a run stopped for
-    a NaN loss must keep its last good checkpoint.
+    A checkpoint written mid-epoch cannot be resumed exactly: the loader's position and its workers'
+    random streams are not in it. So the interrupted epoch runs again from its start on ``resume=true``,
+    and the resumed run ends bit-identical to an uninterrupted one; at most one epoch's work is redone.
+    Which signal ended the run is kept in ``signal`` for the exit code.
     """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = last_checkpoint(run_dir)
+        self.signal: signal.Signals | None = None
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+        if isinstance(exception, KeyboardInterrupt):
+            self.signal = signal.SIGINT
+        elif isinstance(exception, SIGTERMException):
+            self.signal = signal.SIGTERM
+        else:
             return
-        trainer.save_checkpoint(self.path)
-        log.warning("Interrupted (%s): saved %s; continue with resume=true.", type(exception).__name__, self.path)
+        start = (f"from the start of epoch {trainer.current_epoch} ({self.path} holds the end of the epoch before)"
+                 if self.path.is_file() else "from the beginning (no epoch had ended)")
+        log.warning("Interrupted by %s in epoch %d: resume=true runs it again %s, so that it ends as an "
+                    "uninterrupted run would.", self.signal.name, trainer.current_epoch, start)
 
 
-def checkpoint_to_resume(run_dir: str | Path) -> Path:
-    """The ``last.ckpt`` a ``resume=true`` run continues from, checked to load safely, or a clear error."""
+def checkpoint_to_resume(run_dir: str | Path) -> Path | None:
+    """The ``last.ckpt`` a ``resume=true`` run continues from, checked to load safely, or a clear error.
+
+    None when a run was started in ``run_dir`` but interrupted before its first epoch ended: the run
+    starts from the beginning, as the interrupted one did.
+    """
     path = last_checkpoint(run_dir)
     if not path.is_file():
+        if started_before(run_dir) and not previous_run(run_dir):
+            log.warning("resume=true: the run in %s ended before its first epoch did; starting it from the "
+                        "beginning.", run_dir)
+            return None
         raise ConfigError(
             f"resume=true, but there is no {path}. Resume in the folder of the interrupted run: give its "
             f"hydra.run.dir=... (this run's folder is {run_dir}), or drop resume=true to start afresh."
