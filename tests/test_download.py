@@ -5,17 +5,24 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import socket
 import stat
+import subprocess
+import sys
 import tarfile
 import tempfile
+import threading
+import time
 import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from conftest import PROXY_VARS, Server
 from transferlab.data.download import DownloadError, fetch_dataset
+from transferlab.files import temporary_name
 
 FOLDER = "hymenoptera_data"
 GOOD_FILES = {
@@ -411,7 +418,8 @@ def test_http_404(server: Server, dest: Path) -> None:
         fetch_dataset(server.url("missing.zip"), dest, FOLDER, progress=False)
 
     assert server.url("missing.zip") in str(err.value)
-    assert "404" in str(err.value)
+    assert "the server answered HTTP 404 (File not found)" in str(err.value)
+    assert "offline" not in str(err.value)
     assert_nothing_left(dest)
 
 
@@ -440,3 +448,162 @@ def test_missing_sha256_logs_hash(
     assert any(digest in r.getMessage() for r in warnings)
     assert f"data.download.sha256={digest}" in caplog.text
     assert (dest / GOOD_FILES_ANY).is_file()
+
+
+# ------------------------------------------------------------ downloads cut short or killed
+
+
+class BrokenServer:
+    """A local HTTP server answering each path with raw headers and body, then closing the connection.
+
+    With ``stall`` set, it sends the body and then waits for ``release`` before closing.
+    """
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[dict[str, str], bytes]] = {}
+        self.stall, self.release = False, threading.Event()
+        routes, this = self.routes, self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                headers, body = routes[self.path]
+                self.send_response(200)
+                for name, value in {**headers, "Connection": "close"}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+                if this.stall:
+                    this.release.wait(60)
+                self.close_connection = True
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+
+@pytest.fixture
+def broken(monkeypatch: pytest.MonkeyPatch):
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    server = BrokenServer()
+    thread = threading.Thread(target=server.httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.httpd.shutdown()
+        server.httpd.server_close()
+        thread.join(timeout=5)
+
+
+BIG_FILES = {f"{FOLDER}/train/ants/{i}.jpg": os.urandom(40_000) for i in range(4)}  # incompressible
+
+
+def test_download_shorter_than_its_content_length_is_incomplete(broken: BrokenServer, dest: Path) -> None:
+    broken.routes["/short.zip"] = ({"Content-Length": str(5 * 1024 * 1024)}, b"PK\x03\x04" + bytes(100 * 1024 - 4))
+
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(broken.url("/short.zip"), dest, FOLDER, progress=True)
+
+    message = str(err.value)
+    assert message.startswith(f"Incomplete download: got 102400 of 5242880 bytes from {broken.url('/short.zip')}")
+    assert "Retry; if it keeps failing" in message
+    assert "neither a zip nor a tar" not in message
+    assert_nothing_left(dest)
+
+
+def test_chunked_download_cut_short_is_incomplete(broken: BrokenServer, dest: Path) -> None:
+    chunk = bytes(100 * 1024)
+    broken.routes["/chunked.zip"] = ({"Transfer-Encoding": "chunked"}, b"%x\r\n%s\r\n" % (len(chunk), chunk))
+
+    with pytest.raises(DownloadError, match="Incomplete download: got 102400 bytes from"):
+        fetch_dataset(broken.url("/chunked.zip"), dest, FOLDER, progress=False)
+
+    assert_nothing_left(dest)
+
+
+@pytest.mark.parametrize("kind", ["zip", "gz", "bz2", "xz"])
+def test_archive_cut_short_without_a_length_is_called_truncated(
+    broken: BrokenServer, dest: Path, tmp_path: Path, kind: str
+) -> None:
+    # Without Content-Length the end of the body is the closed connection: a cut looks like the end.
+    archive = tmp_path / f"full.{kind}"
+    if kind == "zip":
+        make_zip(archive, BIG_FILES)
+    else:
+        with tarfile.open(archive, f"w:{kind}") as tf:
+            for name, data in BIG_FILES.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    broken.routes["/cut"] = ({}, archive.read_bytes()[: archive.stat().st_size // 2])
+
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(broken.url("/cut"), dest, FOLDER, progress=False)
+
+    message = str(err.value)
+    assert f"The archive downloaded from {broken.url('/cut')} is truncated or damaged" in message
+    assert "retry the download" in message
+    assert "neither a zip nor a tar" not in message
+    assert_nothing_left(dest)
+
+
+def wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_killed_downloads_leftovers_are_removed_by_the_next_download(
+    broken: BrokenServer, server: Server, dest: Path
+) -> None:
+    archive = make_zip(server.root / "hymenoptera.zip", BIG_FILES)
+    body = archive.read_bytes()
+    broken.routes["/slow.zip"] = ({"Content-Length": str(len(body))}, body[:50_000])
+    broken.stall = True
+    code = f"from transferlab.data.download import fetch_dataset; fetch_dataset({broken.url('/slow.zip')!r}, " \
+           f"{str(dest)!r}, {FOLDER!r}, progress=False)"
+    killed = subprocess.Popen([sys.executable, "-c", code])
+    partial = dest / temporary_name(FOLDER, "partial").replace(f".{os.getpid()}.", f".{killed.pid}.")
+    try:
+        wait_for(lambda: partial.is_file() and partial.stat().st_size > 0)
+    finally:
+        killed.kill()
+        killed.wait()
+    assert all_entries(dest) == [partial.name]  # what kill -9 leaves: named after its dead writer
+
+    result = fetch_dataset(server.url("hymenoptera.zip"), dest, FOLDER, progress=False)
+
+    assert [p.name for p in dest.iterdir()] == [FOLDER]
+    assert (result / "train" / "ants" / "0.jpg").read_bytes() == BIG_FILES[f"{FOLDER}/train/ants/0.jpg"]
+
+
+def test_temporaries_of_dead_processes_are_removed_and_of_live_ones_kept(server: Server, dest: Path) -> None:
+    make_zip(server.root / "hymenoptera.zip", GOOD_FILES)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        names = {pid: [temporary_name(FOLDER, kind).replace(f".{os.getpid()}.", f".{pid}.")
+                       for kind in ("download", "partial", "extract")] for pid in (dead.pid, live.pid)}
+        dest.mkdir()
+        for pid_names in names.values():
+            (dest / pid_names[0]).write_bytes(b"half an archive")
+            (dest / pid_names[1]).write_bytes(b"half a download")
+            (dest / pid_names[2] / FOLDER).mkdir(parents=True)
+
+        fetch_dataset(server.url("hymenoptera.zip"), dest, FOLDER, progress=False)
+
+        assert sorted(p.name for p in dest.iterdir()) == sorted([FOLDER, *names[live.pid]])
+    finally:
+        live.kill()
+        live.wait()

@@ -1,38 +1,49 @@
 """Download a data-set archive once, verify its SHA-256 and extract it safely.
 
-:func:`fetch_dataset` downloads into a temporary file in ``dest_dir``, hashes it, extracts it into
-a temporary directory there and renames the data-set folder into place; the temporaries go on
-success and on every error, so no half data set is ever left. Member safety is the standard
-library's: tar goes through ``filter="data"``, and ``zipfile`` never writes outside its target nor
-creates links. Refused here is only what those would let through *silently* as a different data
-set: zip names zipfile rewrites, zip links it writes as files, absolute tar names the filter
-strips, and links out of the data-set folder (the filter only guards the extraction directory).
+:func:`fetch_dataset` downloads into a ``.partial`` temporary in ``dest_dir``, checks that it got
+every byte the server announced, hashes it, extracts it into a temporary directory there and
+renames the data-set folder into place; the temporaries go on success and on every error, and
+those of a killed process (named by :func:`transferlab.files.temporary_name`) on the next call, so
+no half data set is ever left. Member safety is the standard library's: tar goes through
+``filter="data"``, and ``zipfile`` never writes outside its target nor creates links. Refused here
+is only what those would let through *silently* as a different data set: zip names zipfile
+rewrites, zip links it writes as files, absolute tar names the filter strips, and links out of the
+data-set folder (the filter only guards the extraction directory).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import logging
+import lzma
 import os
 import shutil
 import stat
 import sys
 import tarfile
-import tempfile
 import urllib.error
+import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-import torch.hub
+from tqdm import tqdm  # a dependency of lightning
 
 from transferlab.errors import ConfigError
+from transferlab.files import remove_stale_temporaries, temporary_name
 
 __all__ = ["DownloadError", "fetch_dataset"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK_SIZE = 1 << 20  # bytes hashed per read: large enough to be fast, small enough for any RAM
+_CHUNK_SIZE = 1 << 20  # bytes downloaded or hashed per read: large enough to be fast, small enough for any RAM
+_TIMEOUT_S = 60  # a server silent this long fails the download instead of hanging it
+# How each archive format starts (tar: "ustar" at offset 257): a file that starts so but cannot be
+# read is a truncated or damaged archive, not an HTML page.
+_MAGIC = {"zip": (0, b"PK\x03\x04"), "gzip": (0, b"\x1f\x8b"), "bzip2": (0, b"BZh"),
+          "xz": (0, b"\xfd7zXZ\x00"), "tar": (257, b"ustar")}
 
 
 class DownloadError(ConfigError):
@@ -66,13 +77,14 @@ def fetch_dataset(
             f"Cannot create the data directory {dest} to download {url} into: {exc}. "
             "Point data.root at a writable folder or create the directory yourself."
         ) from exc
-    fd, name = tempfile.mkstemp(prefix=f".{folder}.", suffix=".download", dir=dest)
-    os.close(fd)
-    archive = Path(name)
+    remove_stale_temporaries(dest, folder)  # a killed download's archive, .partial file and .extract folder
+    archive = dest / temporary_name(folder, "download")
     try:
         _download(url, archive, target, progress)
         _verify_sha256(url, archive, sha256)
-        extracted = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".extract", dir=dest))
+        extracted = dest / temporary_name(folder, "extract")
+        shutil.rmtree(extracted, ignore_errors=True)  # this process's, from an earlier call that could not remove it
+        extracted.mkdir()
         try:
             log.info("Extracting %s into %s", url, target)
             _extract(url, archive, extracted, folder)
@@ -99,11 +111,34 @@ def _check_folder_name(folder: str) -> str:
 
 
 def _download(url: str, archive: Path, target: Path, progress: bool) -> None:
-    """Download url to archive, translating network failures into DownloadError."""
+    """Download url to archive through a ``.partial`` temporary, checking the length the server announced."""
     log.info("Downloading %s to %s", url, target.parent)
+    partial = archive.with_name(temporary_name(target.name, "partial"))
+    received, expected = 0, None
     try:
-        torch.hub.download_url_to_file(url, str(archive), progress=progress)
-    except (OSError, http.client.HTTPException) as exc:  # URLError/HTTPError are OSErrors
+        request = urllib.request.Request(url, headers={"User-Agent": "transferlab"})
+        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, partial.open("wb") as out:
+            length = response.headers.get("Content-Length", "").strip()
+            expected = int(length) if length.isdigit() and not getattr(response, "chunked", False) else None
+            with tqdm(total=expected, disable=not progress, unit="B", unit_scale=True, unit_divisor=1024) as bar:
+                while chunk := response.read1(_CHUNK_SIZE):  # what has come, so progress shows as it comes
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+        if expected is not None and received != expected:
+            raise _incomplete(url, received, expected, target)
+        os.replace(partial, archive)
+    except DownloadError:  # a ValueError too
+        raise
+    except http.client.IncompleteRead as exc:  # a chunked body cut short
+        raise _incomplete(url, received + len(exc.partial), expected, target) from exc
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(
+            f"Could not download {url}: the server answered HTTP {exc.code} ({exc.reason}). Check the url, or "
+            f"download the archive by hand and extract it so that {target} exists, or point data.root at an "
+            "existing data-set folder."
+        ) from exc
+    except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise DownloadError(
             f"Could not download {url}: {reason}. The machine appears to be offline or the "
@@ -115,6 +150,18 @@ def _download(url: str, archive: Path, target: Path, progress: bool) -> None:
             f"Invalid download URL {url!r}: {exc}. Fix the URL, or download the archive by "
             f"hand and extract it so that {target} exists."
         ) from exc
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _incomplete(url: str, received: int, expected: int | None, target: Path) -> DownloadError:
+    """The error for a download whose connection closed before the whole body came."""
+    got = f"got {received} of {expected} bytes" if expected is not None else f"got {received} bytes"
+    return DownloadError(
+        f"Incomplete download: {got} from {url} before the connection closed; the partial file was deleted. "
+        "Retry; if it keeps failing, check your network or proxy, or download the archive by hand and extract "
+        f"it so that {target} exists."
+    )
 
 
 def _verify_sha256(url: str, archive: Path, expected: str | None) -> None:
@@ -207,23 +254,44 @@ def _extract_tar(url: str, archive: Path, into: Path, folder: str) -> None:
 
 def _extract(url: str, archive: Path, into: Path, folder: str) -> None:
     """Extract a zip or tar archive (detected by content) into the directory into."""
+    kind = _archive_kind(archive)
     try:
         if zipfile.is_zipfile(archive):
             _extract_zip(url, archive, into)
         elif tarfile.is_tarfile(archive):
             _extract_tar(url, archive, into, folder)
+        elif kind is not None:
+            raise _damaged(url, kind, f"it cannot be read as a {'zip' if kind == 'zip' else 'tar'} archive")
         else:
             raise DownloadError(
                 f"The file downloaded from {url} is neither a zip nor a tar archive (it may be "
                 "an HTML error or login page). Check the url, or download the archive by hand "
                 "and point data.root at the extracted folder."
             )
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, RuntimeError) as exc:
-        # RuntimeError: encrypted zip members; the others: truncated or damaged archives.
+    except RuntimeError as exc:  # zipfile: encrypted members
         raise DownloadError(
-            f"The archive downloaded from {url} is corrupt or unsupported ({exc}). Delete it "
-            "and retry, check the url, or download and extract it by hand."
+            f"The archive downloaded from {url} cannot be extracted ({exc}). Download and extract it by hand, "
+            "and point data.root at the extracted folder."
         ) from exc
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
+        raise _damaged(url, kind, str(exc) or type(exc).__name__) from exc
+
+
+def _archive_kind(archive: Path) -> str | None:
+    """The archive format archive starts like (zip, gzip, bzip2, xz, tar), or None."""
+    with archive.open("rb") as fh:
+        head = fh.read(512)
+    return next((kind for kind, (at, magic) in _MAGIC.items() if head[at:at + len(magic)] == magic), None)
+
+
+def _damaged(url: str, kind: str | None, reason: str) -> DownloadError:
+    """The error for an archive that cannot be read to its end: mostly a download cut short."""
+    start = f"it starts as a {kind} file, but " if kind else ""
+    return DownloadError(
+        f"The archive downloaded from {url} is truncated or damaged: {start}{reason}. It was deleted; retry the "
+        "download. If it keeps failing, check the url and your network or proxy, or download and extract the "
+        "archive by hand and point data.root at the result."
+    )
 
 
 def _top_level_folder(url: str, extracted: Path, folder: str) -> Path:

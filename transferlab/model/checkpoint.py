@@ -51,6 +51,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     arguments = {key: value for key, value in hparams.items() if key in accepted}
     model = TransferClassifier(**{**arguments, "weights": None})
     model.hparams["weights"] = hparams.get("weights")
+    model.hparams_from_checkpoint = True  # its optimizer and scheduler targets are the checkpoint's: not trusted
     try:
         model.load_state_dict(content["state_dict"], strict=True)
     except RuntimeError as error:

@@ -1,6 +1,7 @@
 """The LightningModule: a torchvision backbone, a new head, cross-entropy, accuracy."""
 
 import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,6 +16,11 @@ from transferlab.model.heads import build_head
 from transferlab.model.modes import BACKBONE_GROUP, get_mode
 
 CLASS_WEIGHTS = ("balanced",)
+# What the optimizer and scheduler ``_target_`` of hyper-parameters read from a checkpoint may name: a class
+# directly in one of these modules, of that kind. A checkpoint loads without running code (weights_only), but
+# ``instantiate`` calls whatever its hyper-parameters name; a Hydra config the user composed is trusted as it is.
+CHECKPOINT_TARGETS = {"optimizer": (torch.optim, torch.optim.Optimizer),
+                      "scheduler": (torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)}
 
 
 def class_weights(setting: str | None, counts: list[int]) -> list[float] | None:
@@ -128,9 +134,20 @@ class TransferClassifier(pl.LightningModule):
                               "lr_scale": self.hparams.backbone_lr_ratio})
         return groups
 
+    # True when the hyper-parameters come from a checkpoint (load_from_checkpoint, checkpoint.load_classifier)
+    # rather than from the user's config: configure_optimizers then instantiates only CHECKPOINT_TARGETS.
+    hparams_from_checkpoint = False
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this with no trainer only from load_from_checkpoint, which built the module from the
+        # checkpoint's hyper-parameters; a trainer's resume (ckpt_path=) restores tensors into a module the
+        # config built, and calls it with the trainer attached.
+        if self._trainer is None:
+            self.hparams_from_checkpoint = True
+
     def configure_optimizers(self) -> Any:
         groups = self.param_groups()
-        optimizer_partial = instantiate(self.hparams.optimizer
+        optimizer_partial = instantiate(self._trusted("optimizer", self.hparams.optimizer)
                                         or {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-3})
         base_lr = optimizer_partial.keywords["lr"]
         for group in groups:
@@ -140,7 +157,7 @@ class TransferClassifier(pl.LightningModule):
             return optimizer
         scheduler_config = dict(self.hparams.scheduler)
         interval = scheduler_config.pop("interval", "epoch")
-        scheduler_partial = instantiate(scheduler_config)
+        scheduler_partial = instantiate(self._trusted("scheduler", scheduler_config))
         scheduler = scheduler_partial(optimizer, **self._runtime_scheduler_args(scheduler_partial, groups))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
@@ -154,3 +171,38 @@ class TransferClassifier(pl.LightningModule):
         if "max_lr" in accepted and isinstance(given.get("max_lr"), (int, float)):
             runtime["max_lr"] = [given["max_lr"] * group["lr_scale"] for group in groups]
         return runtime
+
+    def _trusted(self, kind: str, config: Any) -> Any:
+        """``config`` unchanged, unless it comes from a checkpoint and names a target outside CHECKPOINT_TARGETS."""
+        if not self.hparams_from_checkpoint or not config:
+            return config
+        module, base = CHECKPOINT_TARGETS[kind]
+        for where, target in _targets(config, f"hparams.{kind}"):
+            name = target.removeprefix(f"{module.__name__}.") if isinstance(target, str) else ""
+            found = getattr(module, name, None) if name.isidentifier() else None
+            if where != f"hparams.{kind}._target_" or not (isinstance(found, type) and issubclass(found, base)):
+                example = "SGD', '_partial_': True, 'lr': 0.01" if kind == "optimizer" else "StepLR', 'step_size': 10"
+                article = "an" if kind == "optimizer" else "a"
+                raise ConfigError(
+                    f"The checkpoint's {where}={target!r} does not name {article} {kind} class of "
+                    f"{module.__name__}, so it was not instantiated: any other target could run code, and a "
+                    f"checkpoint's hyper-parameters may only name {module.__name__}.<{base.__name__} subclass>. If "
+                    "you trust the checkpoint, set model.hparams_from_checkpoint = False; otherwise set "
+                    f"model.hparams.{kind} to a config you trust, e.g. {{'_target_': '{module.__name__}.{example}}}."
+                )
+        return config
+
+
+def _targets(config: Any, where: str) -> list[tuple[str, Any]]:
+    """Every ``_target_`` in a (nested) Hydra config, with its dotted place: Hydra instantiates nested ones too."""
+    if isinstance(config, Mapping):
+        items = config.items()
+    elif isinstance(config, Sequence) and not isinstance(config, str | bytes):
+        items = enumerate(config)
+    else:
+        return []
+    found = []
+    for key, value in items:
+        place = f"{where}.{key}"
+        found += [(place, value)] if key == "_target_" else _targets(value, place)
+    return found
