@@ -1,10 +1,13 @@
 """Shared fixtures: generated image folders and the real Hydra config, shrunk for speed."""
 
 import functools
+import io
 import os
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +46,20 @@ def make_image_folder(root: Path, per_class: int = 12, size: int = 40, splits: t
         for class_index, name in enumerate(classes):
             write_images(root / split / name, COLOURS[name], per_class, size, seed=10 * split_index + class_index)
     return root
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says ``width`` x ``height`` pixels, with one pixel of data: it opens, but does not decode.
+
+    Lets a test pass PIL's decompression-bomb limit (89,478,485 pixels) without writing such an image.
+    """
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = buffer.getvalue()  # signature (8 bytes), IHDR chunk: length, type, width, height, 5 bytes, CRC; the rest
+    ihdr = data[12:16] + struct.pack(">II", width, height) + data[24:29]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + data[33:])
+    return path
 
 
 def make_datamodule(root: Path, image_size: int = 32, **kwargs) -> ImageFolderDataModule:

@@ -12,8 +12,10 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, get_model
 
+from conftest import make_image_folder
+from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.errors import ConfigError
-from transferlab.model.backbones import build_backbone, is_weights_file
+from transferlab.model.backbones import build_backbone, is_weights_file, preprocessing_for
 
 CACHE_NAME = ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1]
 
@@ -229,3 +231,29 @@ def test_file_with_code_in_pickle_is_refused_without_running_it(tmp_path: Path):
     # The payload is live: an unrestricted load does run it, so the check above is meaningful.
     torch.load(path, weights_only=False)["conv1.weight"].close()
     assert marker.exists()
+
+
+# --- input size --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, weights, smallest, why", [
+    ("resnet18", None, 32, "its five stride-2 reductions take 32 px down to 1x1"),
+    ("inception_v3", "DEFAULT", 75, "torchvision's min_size for its weights"),
+    ("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", 384, "torchvision's min_size for its weights"),
+])
+def test_an_image_size_below_what_the_backbone_takes_is_refused(name, weights, smallest, why):
+    preprocessing = preprocessing_for(name, weights)
+    assert preprocessing.at_size(smallest).crop_size == smallest
+    with pytest.raises(ConfigError) as error:
+        preprocessing.at_size(smallest - 1)
+    assert str(error.value).startswith(
+        f"data.image_size={smallest - 1} is smaller than backbone {name} can take: its smallest input is "
+        f"{smallest} px ({why}). Set data.image_size={smallest} or more;")
+
+
+def test_the_data_module_refuses_image_size_1_before_reading_any_data(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2, size=16, classes=("blue", "red"))
+    with pytest.raises(ConfigError, match=r"^data.image_size=1 is smaller than backbone resnet18 can take: .* 32 px"):
+        ImageFolderDataModule(str(root), preprocessing_for("resnet18", None), image_size=1)
+    hparams = {"crop_size", "resize_size", "mean", "std", "interpolation"}  # what checkpoints store, as before
+    assert set(preprocessing_for("resnet18", None).to_dict()) == hparams

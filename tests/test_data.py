@@ -1,6 +1,8 @@
 """The image-folder data module: layouts, the carved-out val split, and errors on bad folders."""
 
 import json
+import logging
+import os
 import shutil
 
 import pytest
@@ -71,8 +73,11 @@ def test_any_image_mode_is_converted_to_rgb(tmp_path):
         (lambda root: [p.unlink() for p in (root / "train" / "red").iterdir()], "no images in"),
         (lambda root: (root / "val" / "red").rename(root / "val" / "Red"), "only in val: ['Red']"),
         (lambda root: shutil.rmtree(root / "val" / "green"), "only in train: ['green']"),
+        (lambda root: [shutil.rmtree(root / split / name) for split in ("train", "val") for name in ("green", "red")],
+         "has one class folder (blue), and a classifier needs at least two classes to tell apart. Add another class "
+         "folder beside it: "),
     ],
-    ids=["missing-root", "missing-train", "empty-class", "renamed-val-class", "missing-val-class"],
+    ids=["missing-root", "missing-train", "empty-class", "renamed-val-class", "missing-val-class", "one-class"],
 )
 def test_bad_folders_get_a_clear_error(tmp_path, break_folder, expected):
     root = make_image_folder(tmp_path / "data", per_class=2)
@@ -81,3 +86,11 @@ def test_bad_folders_get_a_clear_error(tmp_path, break_folder, expected):
         datamodule(root).setup("fit")
     assert expected in str(error.value)
     assert str(root) in str(error.value)
+
+
+def test_num_workers_beyond_the_available_cores_is_capped(image_folder, monkeypatch, caplog):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with caplog.at_level(logging.WARNING):
+        data = datamodule(image_folder, num_workers=64)
+    assert data.num_workers == 2 and len(caplog.records) == 1
+    assert "data.num_workers=64 asks for more loader processes than the 2 CPU core(s)" in caplog.text

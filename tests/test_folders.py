@@ -1,5 +1,6 @@
 """The folder rules: classes, images, hidden entries, nesting, links; and every walk agreeing on them."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from transferlab.data.folders import (
     has_images,
     image_files,
     is_image,
+    loader_workers,
     visible_files,
 )
+from transferlab.data.images import PixelLimit
 from transferlab.errors import ConfigError
 
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # what macOS writes into ._name.jpg
@@ -102,6 +105,27 @@ def test_links_are_followed_and_a_link_cycle_lists_each_file_once(tmp_path):
         ("ants/001.png", 0), ("ants/single.png", 0), ("ants/from_link/010.png", 0), ("bees/020.png", 1)]
 
 
+def test_a_folder_link_back_up_is_not_followed_and_is_named_once(tmp_path, caplog):
+    split = tmp_path / "train"
+    image(split / "ants" / "001.png")
+    image(split / "bees" / "002.png")
+    image(split / "beside.png")
+    nested = image(split / "ants" / "nested" / "003.png").parent
+    os.symlink("..", split / "ants" / "loopdir")  # would reach train/bees/ and label its images ants
+    os.symlink(".", nested / "self")  # would list 003.png again, to the OS's limit of links in a path
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            dataset = ClassFolder(str(split))
+            report, usable = scan.scan_split(split, scan.ScanCache(None, tmp_path), PixelLimit())
+    assert [(Path(p).relative_to(split).as_posix(), label) for p, label in dataset.samples] == [
+        ("ants/001.png", 0), ("ants/nested/003.png", 0), ("bees/002.png", 1)]
+    assert [str(path) for path, _ in usable] == [path for path, _ in dataset.samples]  # the scan agrees
+    for link, target in ((split / "ants" / "loopdir", split), (nested / "self", nested)):
+        assert caplog.text.count(f"Not following the folder link {link} -> ") == 1
+        assert f"it leads back to {target}, which holds it" in caplog.text
+    assert "Remove the link." in caplog.text
+
+
 def test_class_folders_errors_name_the_split_and_the_fix(tmp_path):
     split = tmp_path / "train"
     (split / ".ipynb_checkpoints").mkdir(parents=True)
@@ -141,9 +165,10 @@ def test_every_walk_sees_the_same_classes_and_images(split, monkeypatch):
     opened = []
     real_open = Image.open
     monkeypatch.setattr(scan.Image, "open", lambda *a, **k: opened.append(Path(a[0])) or real_open(*a, **k))
-    report, usable = scan.scan_split(split, scan.ScanCache(None, split.parent), scan.PIL_MAX_IMAGE_PIXELS)
+    report, usable = scan.scan_split(split, scan.ScanCache(None, split.parent), PixelLimit())
     assert relative([path for path, _ in usable], split) == samples and not report.problems
-    assert [(Path(f.path).name, f.kind) for f in report.warnings] == [("notes.txt", "not used")]
+    assert [(Path(f.path).name, f.kind) for f in report.warnings] == [("notes.txt", "not used"),
+                                                                      ("README.png", "not in a class folder")]
     assert len(opened) >= len(samples)
     assert not any(path.name.startswith(".") or ".ipynb_checkpoints" in path.parts for path in opened)
 
@@ -154,3 +179,14 @@ def test_visible_files_of_a_missing_folder_is_empty(tmp_path):
 
 def test_num_workers_default_is_the_available_cores_capped():
     assert 1 <= default_num_workers() <= MAX_DEFAULT_WORKERS == 8
+
+
+def test_more_loader_processes_than_cores_are_capped_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with caplog.at_level(logging.WARNING):
+        assert loader_workers(None) == 2 and loader_workers(0) == 0 and loader_workers(2) == 2
+        assert caplog.text == ""
+        assert loader_workers(64) == 2 and loader_workers(3, "num_workers") == 2
+    assert ("data.num_workers=64 asks for more loader processes than the 2 CPU core(s) this process may use: "
+            "using 2.") in caplog.text and "set data.num_workers to at most 2" in caplog.text
+    assert "num_workers=3 asks" in caplog.text and len(caplog.records) == 2

@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from conftest import compose_config, make_image_folder
+from conftest import compose_config, make_image_folder, png_header
 from transferlab.cli.evaluate import evaluate, evaluation_set, save_confusion_png
 from transferlab.cli.evaluate import main as evaluate_main
 from transferlab.cli.export import export_model, load_exported
@@ -134,6 +134,27 @@ def test_unreadable_files_are_error_rows_not_crashes(model, image_folder, tmp_pa
         assert sum(p for _, p in rows[good].top_k) == pytest.approx(1.0, abs=1e-5)
     single = predict_files(model, list_images(folder / "good.png"), top_k=1)
     assert len(single) == 1 and single[0].label == rows["good.png"].label and len(single[0].top_k) == 1
+
+
+def test_predict_and_evaluate_refuse_images_over_the_pixel_limit_and_name_it(trained, model, image_folder, tmp_path):
+    folder = tmp_path / "big"
+    shutil.copytree(image_folder / "val", folder / "val")
+    huge = png_header(folder / "val" / "red" / "huge.png", 10_000, 9_000)  # over PIL's limit, under twice it
+    rows = {Path(p.path).name: p for p in predict_files(model, list_images(folder / "val" / "red"))}
+    pil_limit = "PIL's decompression-bomb limit of 89,478,485 pixels (raise it with max_image_pixels=...)"
+    assert rows["huge.png"].error == f"DecompressionBombError: {huge}: too large: 90,000,000 pixels > {pil_limit}"
+    assert not rows["000.png"].error
+    rows = predict_files(model, [folder / "val" / "red" / "000.png"], max_image_pixels=1000)  # 40 x 40 = 1,600
+    assert rows[0].error.endswith("000.png: too large: 1,600 pixels > max_image_pixels=1000") and not rows[0].label
+    options = {"ckpt": str(trained[2]), "data": {"root": str(folder)}, "split": "val", "output": str(tmp_path / "ev"),
+               "batch_size": 8, "num_workers": 0, "device": "cpu"}
+    with pytest.raises(ConfigError) as error:
+        evaluate(args(**{**options, "num_workers": 1}))  # the error comes from a loader process
+    assert str(error.value) == \
+        f"Cannot evaluate on {folder / 'val'}: {huge}: too large: 90,000,000 pixels > {pil_limit}."
+    huge.unlink()
+    with pytest.raises(ConfigError, match=r"000.png: too large: 1,600 pixels > max_image_pixels=1000\.$"):
+        evaluate(args(**options, max_image_pixels=1000))
 
 
 @pytest.mark.parametrize("format", ["torchscript", "onnx"])

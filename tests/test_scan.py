@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import RESNET18, make_datamodule, make_image_folder
+from conftest import RESNET18, make_datamodule, make_image_folder, png_header
 from transferlab.cli.train import build_model, train
 from transferlab.data import scan
 from transferlab.errors import ConfigError
 from transferlab.model.module import class_weights
 
-BAD = {"corrupt.jpg": "truncated", "text.jpg": "not an image", "empty.png": "empty file"}
+BAD = {"corrupt.jpg": "truncated", "text.jpg": "not an image", "empty.png": "empty file", "loop.jpg": "link loop",
+       "dangling.jpg": "broken link"}
 ACCEPTED = ("gray.png", "cmyk.jpg", "rgba.png")
 
 
@@ -30,10 +31,13 @@ def restore_pil_limit(monkeypatch):
 datamodule = make_datamodule
 
 
-def jpeg_bytes(size: int = 64) -> bytes:
+def jpeg_bytes(size: int = 64, progressive: bool = False, grey_below: int | None = None) -> bytes:
+    """A noise JPEG; ``grey_below``: rows from there down are mid-grey, as a block of zeros decodes."""
     pixels = np.random.default_rng(0).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    if grey_below is not None:
+        pixels[grey_below:] = 128
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, progressive=progressive)
     return buffer.getvalue()
 
 
@@ -51,6 +55,8 @@ def mixed_folder(tmp_path: Path) -> Path:
     Image.new("RGBA", (32, 32), (200, 0, 0, 128)).save(red / "rgba.png")
     Image.new("P", (32, 32), 3).save(red / "anim.gif")
     (red / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    os.symlink("loop.jpg", red / "loop.jpg")  # a link to itself
+    os.symlink(red / "missing.jpg", red / "dangling.jpg")
     return root
 
 
@@ -58,13 +64,16 @@ def test_bad_files_stop_with_one_message_counting_each_kind(mixed_folder):
     with pytest.raises(ConfigError) as error:
         datamodule(mixed_folder).setup("fit")
     message = str(error.value)
-    assert "3 bad image file(s)" in message and str(mixed_folder) in message
+    assert f"{len(BAD)} bad image file(s)" in message and str(mixed_folder) in message
     for kind in BAD.values():
         assert f"1 {kind}" in message
     for name, kind in BAD.items():
         assert f"{mixed_folder / 'train' / 'red' / name}: {kind}" in message
     assert not any(name in message for name in (*ACCEPTED, "anim.gif", ".DS_Store"))
     assert "data.on_bad_image=skip" in message
+    red = mixed_folder / "train" / "red"
+    assert f"dangling.jpg: broken link: points to {red / 'missing.jpg'}, which does not exist" in message
+    assert "loop.jpg: link loop: the link -> loop.jpg leads back to itself; point it at an image" in message
 
 
 def test_skip_leaves_out_only_the_bad_files_and_odd_modes_load_as_rgb(mixed_folder, tmp_path, caplog):
@@ -79,7 +88,7 @@ def test_skip_leaves_out_only_the_bad_files_and_odd_modes_load_as_rgb(mixed_fold
     assert sorted((Path(p).name, reason.split(":")[0]) for p, reason in (line.split("\t") for line in lines)) == \
         sorted(BAD.items())
     assert [(Path(f.path).name, f.kind) for f in data.scan_report.warnings] == [("anim.gif", "not used")]
-    assert "anim.gif" in caplog.text and "Skipping 3 bad image file(s)" in caplog.text
+    assert "anim.gif" in caplog.text and f"Skipping {len(BAD)} bad image file(s)" in caplog.text
 
 
 def test_a_run_on_the_mixed_folder_with_skip_trains(mixed_folder, make_config, tmp_path):
@@ -94,10 +103,54 @@ def test_decompression_bomb_limit_is_configurable(tmp_path):
     Image.new("RGB", (100, 100), (200, 0, 0)).save(root / "train" / "red" / "big.png")
     with pytest.raises(ConfigError) as error:
         datamodule(root, max_image_pixels=5000).setup("fit")
-    assert "1 too large" in str(error.value) and "big.png: too large: 10,000 pixels" in str(error.value)
+    assert "1 too large" in str(error.value) and "big.png: too large: 10,000 pixels > data.max_image_pixels=5000\n" \
+        in str(error.value)
+    assert "decompression-bomb" not in str(error.value)  # the configured limit is named, not PIL's
     allowed = datamodule(root, max_image_pixels=10_000)
     allowed.setup("fit")
     assert len(allowed.train_set) == 5 and Image.MAX_IMAGE_PIXELS == 10_000  # loading agrees with the scan
+
+
+def test_pils_limit_is_named_as_such_when_data_max_image_pixels_is_not_set(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2, size=32, classes=("blue", "red"))
+    png_header(root / "train" / "red" / "huge.png", 10_000, 9_000)
+    with pytest.raises(ConfigError) as error:
+        datamodule(root).setup("fit")
+    assert ("huge.png: too large: 90,000,000 pixels > PIL's decompression-bomb limit of 89,478,485 pixels "
+            "(raise it with data.max_image_pixels=...)") in str(error.value)
+
+
+def test_a_jpeg_cut_short_with_an_end_marker_appended_is_truncated(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2, size=32, classes=("blue", "red"))
+    red = root / "train" / "red"
+    for name, progressive in (("cut.jpg", False), ("cut_progressive.jpg", True)):
+        data = jpeg_bytes(96, progressive)
+        (red / name).write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+        with Image.open(red / name) as image:
+            image.load()  # PIL decodes it without a complaint: the missing half comes out grey
+    (red / "grey_bottom.jpg").write_bytes(jpeg_bytes(96, grey_below=48))  # complete; its last block is grey too
+    with pytest.raises(ConfigError) as error:
+        datamodule(root).setup("fit")
+    message = str(error.value)
+    assert "2 bad image file(s)" in message and "grey_bottom.jpg" not in message
+    for name in ("cut.jpg", "cut_progressive.jpg"):
+        assert (f"{red / name}: truncated: the JPEG data stops before the image does (an end marker follows a cut); "
+                "the rest would decode as grey or blurred") in message
+
+
+def test_images_beside_the_class_folders_are_a_warning(tmp_path, caplog):
+    root = make_image_folder(tmp_path / "data", per_class=2, size=32, classes=("blue", "red"))
+    shutil.copy(root / "train" / "red" / "000.png", root / "train" / "stray.png")
+    shutil.copy(root / "val" / "red" / "000.png", root / "val" / "loose.png")
+    data = datamodule(root)
+    with caplog.at_level(logging.WARNING):
+        data.setup("fit")
+    assert [(f.path, f.kind) for f in data.scan_report.warnings] == [
+        (str(root / "train" / "stray.png"), "not in a class folder"), (str(root / "val" / "loose.png"),
+                                                                      "not in a class folder")]
+    assert "ImageFolder reads only train/<class>/<image>" in data.scan_report.warnings[0].reason
+    assert "2 file(s) not in a class folder (not used: move each into the folder of its class" in caplog.text
+    assert len(data.train_set) == 4 and len(data.val_set) == 4
 
 
 def test_a_byte_identical_image_in_train_and_val_is_a_warning(tmp_path, caplog):

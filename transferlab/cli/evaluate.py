@@ -3,7 +3,8 @@
 Accuracy, per-class precision / recall / F1 and the confusion matrix of a checkpoint on
 ``data.root/test/`` when present, else ``data.root/val/``, else the images the run held out of
 ``train/`` (its ``split.json``). Printed, and saved as JSON and PNG in ``evaluation/`` of the
-checkpoint's run folder (or ``output=``).
+checkpoint's run folder (or ``output=``). An image with more pixels than ``max_image_pixels`` (null:
+PIL's decompression-bomb limit, as in training) stops the evaluation with a ConfigError naming it.
 """
 
 import json
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from omegaconf import MISSING, DictConfig
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -24,8 +26,8 @@ from torchmetrics.classification import (
 )
 
 from transferlab.cli.args import resolve_device, run_cli
-from transferlab.data.folders import ClassFolder, default_num_workers, require_classes
-from transferlab.data.images import load_rgb
+from transferlab.data.folders import ClassFolder, loader_workers, require_classes
+from transferlab.data.images import PixelLimit
 from transferlab.errors import ConfigError
 from transferlab.files import atomic_path, write_json_atomically
 from transferlab.layout import SPLIT, run_folder
@@ -33,7 +35,7 @@ from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.model.module import TransferClassifier
 
 USAGE = ("python -m transferlab.evaluate ckpt=PATH data.root=DIR [split=auto|test|val|train] [output=DIR] "
-         "[batch_size=32] [num_workers=null] [device=auto|cpu|cuda]")
+         "[batch_size=32] [num_workers=null] [device=auto|cpu|cuda] [max_image_pixels=null]")
 SPLITS = ("auto", "test", "val", "train")
 
 
@@ -51,10 +53,11 @@ class EvaluateArgs:
     batch_size: int = 32
     num_workers: int | None = None  # null: the cores available, at most 8
     device: str = "auto"
+    max_image_pixels: int | None = None  # larger images stop the evaluation; null: PIL's limit (89,478,485)
 
 
 def evaluation_set(root: str | Path, split: str, class_names: list[str], transform: Any,
-                   run_dir: Path | None = None) -> tuple[Dataset, str, str]:
+                   run_dir: Path | None = None, max_image_pixels: int | None = None) -> tuple[Dataset, str, str]:
     """The images to evaluate on, the split's name and a description of where they come from.
 
     Labels follow the checkpoint's ``class_names``; a folder whose classes differ is a ConfigError. Classes
@@ -67,12 +70,13 @@ def evaluation_set(root: str | Path, split: str, class_names: list[str], transfo
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}.")
     split_file = run_dir / SPLIT if run_dir is not None else None
+    loader = PixelLimit(max_image_pixels, "max_image_pixels").load_rgb
     if split == "auto":
         present = [name for name in ("test", "val") if (root / name).is_dir()]
         if present:
             split = present[0]
         elif split_file is not None and split_file.is_file() and (root / "train").is_dir():
-            return _held_out(root / "train", split_file, class_names, transform)
+            return _held_out(root / "train", split_file, class_names, transform, loader)
         else:
             raise ConfigError(
                 f"data.root={root} has neither test/ nor val/, and the checkpoint's run folder has no split.json "
@@ -84,18 +88,19 @@ def evaluation_set(root: str | Path, split: str, class_names: list[str], transfo
         raise ConfigError(f"split={split}: {folder} does not exist. Found: "
                           f"{', '.join(sorted(p.name for p in root.iterdir() if p.is_dir())) or 'no folders'}.")
     require_classes(folder, class_names, "the checkpoint", checkpoint_classes_fix(class_names))
-    return ClassFolder(str(folder), transform=transform, loader=load_rgb), split, str(folder)
+    return ClassFolder(str(folder), transform=transform, loader=loader), split, str(folder)
 
 
 def checkpoint_classes_fix(class_names: list[str]) -> str:
     return f"Evaluate on a folder with one sub-folder per class the model was trained on: {', '.join(class_names)}."
 
 
-def _held_out(train_dir: Path, split_file: Path, class_names: list[str], transform: Any) -> tuple[Dataset, str, str]:
+def _held_out(train_dir: Path, split_file: Path, class_names: list[str], transform: Any,
+              loader: Any) -> tuple[Dataset, str, str]:
     """The val images a run without val/ carved out of ``train/``, as its ``split.json`` lists them."""
     record = json.loads(split_file.read_text())
     require_classes(train_dir, class_names, "the checkpoint", checkpoint_classes_fix(class_names))
-    dataset = ClassFolder(str(train_dir), transform=transform, loader=load_rgb)
+    dataset = ClassFolder(str(train_dir), transform=transform, loader=loader)
     index = {os.path.relpath(path, dataset.root): i for i, (path, _) in enumerate(dataset.samples)}
     missing = [name for name in record.get("val", []) if name not in index]
     if missing or not record.get("val"):
@@ -215,11 +220,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = Path(cfg.ckpt).expanduser()
     model = load_classifier(checkpoint)
     dataset, split, source = evaluation_set(cfg.data.root, cfg.split, list(model.hparams.class_names),
-                                            preprocessing(model).eval_transform(), run_folder(checkpoint))
-    workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
+                                            preprocessing(model).eval_transform(), run_folder(checkpoint),
+                                            cfg.get("max_image_pixels"))
+    workers = loader_workers(cfg.num_workers, "num_workers")
+    try:
+        metrics = evaluate_model(model, dataset, cfg.batch_size, workers, device)
+    except Image.DecompressionBombError as error:  # from a loader process, the message ends its traceback
+        reason = str(error).strip().splitlines()[-1].removeprefix("PIL.Image.DecompressionBombError: ")
+        raise ConfigError(f"Cannot evaluate on {source}: {reason}.") from None
     report = {"checkpoint": str(checkpoint.resolve()), "data_root": str(Path(cfg.data.root).expanduser()),
-              "split": split, "source": source,
-              **evaluate_model(model, dataset, cfg.batch_size, workers, device)}
+              "split": split, "source": source, **metrics}
     output = Path(cfg.output).expanduser() if cfg.output else run_folder(checkpoint) / "evaluation"
     stem = f"{checkpoint.stem}_{split}"
     json_path, png_path = output / f"{stem}.json", output / f"{stem}_confusion.png"

@@ -3,7 +3,8 @@
 Every image file under ``input`` (recursively; hidden files and folders skipped), or the one file
 ``input`` names, goes through the checkpoint's own preprocessing; the CSV has one row per file:
 ``path,label,score,top_k,error``.
-A file that cannot be read or decoded is a row with its ``error`` filled in, not a crash.
+A file that cannot be read or decoded, or has more pixels than ``max_image_pixels`` (null: PIL's
+decompression-bomb limit, as in training), is a row with its ``error`` filled in, not a crash.
 """
 
 import csv
@@ -16,15 +17,15 @@ from omegaconf import MISSING, DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.cli.args import resolve_device, run_cli
-from transferlab.data.folders import IMG_EXTENSIONS, default_num_workers, image_files
-from transferlab.data.images import load_rgb
+from transferlab.data.folders import IMG_EXTENSIONS, image_files, loader_workers
+from transferlab.data.images import PixelLimit
 from transferlab.errors import ConfigError
 from transferlab.files import atomic_path
 from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.model.module import TransferClassifier
 
 USAGE = ("python -m transferlab.predict ckpt=PATH input=DIR_OR_FILE [top_k=3] [output=preds.csv] "
-         "[batch_size=32] [num_workers=null] [device=auto|cpu|cuda]")
+         "[batch_size=32] [num_workers=null] [device=auto|cpu|cuda] [max_image_pixels=null]")
 CSV_COLUMNS = ("path", "label", "score", "top_k", "error")
 
 
@@ -37,6 +38,7 @@ class PredictArgs:
     batch_size: int = 32
     num_workers: int | None = None  # null: the cores available, at most 8
     device: str = "auto"
+    max_image_pixels: int | None = None  # larger images are error rows; null: PIL's limit (89,478,485)
 
 
 @dataclass
@@ -75,17 +77,19 @@ def list_images(source: str | Path) -> list[Path]:
 class ImageFiles(Dataset):
     """``(tensor, error)`` per file: a file that cannot be decoded gives zeros and the reason, never an exception."""
 
-    def __init__(self, files: Sequence[Path], transform: Callable, shape: Sequence[int]) -> None:
+    def __init__(self, files: Sequence[Path], transform: Callable, shape: Sequence[int],
+                 limit: PixelLimit | None = None) -> None:
         self.files = list(files)
         self.transform = transform
         self.shape = tuple(shape)
+        self.limit = limit or PixelLimit(setting="max_image_pixels")
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         try:
-            return self.transform(load_rgb(self.files[index])), ""
+            return self.transform(self.limit.load_rgb(self.files[index])), ""
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
             reason = " ".join(f"{type(error).__name__}: {error}".split())
             return torch.zeros(self.shape), reason
@@ -93,7 +97,8 @@ class ImageFiles(Dataset):
 
 @torch.inference_mode()
 def predict_files(model: TransferClassifier, files: Sequence[Path], top_k: int = 3, batch_size: int = 32,
-                  num_workers: int = 0, device: torch.device | str = "cpu") -> list[Prediction]:
+                  num_workers: int = 0, device: torch.device | str = "cpu",
+                  max_image_pixels: int | None = None) -> list[Prediction]:
     """Predictions for ``files`` in their order, with the model's own preprocessing and class names."""
     if top_k < 1:
         raise ConfigError(f"top_k={top_k} must be at least 1.")
@@ -104,7 +109,8 @@ def predict_files(model: TransferClassifier, files: Sequence[Path], top_k: int =
     class_names = list(model.hparams.class_names)
     top_k = min(top_k, len(class_names))
     inputs = preprocessing(model)
-    loader = DataLoader(ImageFiles(files, inputs.eval_transform(), inputs.input_shape), batch_size=batch_size,
+    limit = PixelLimit(max_image_pixels, "max_image_pixels")
+    loader = DataLoader(ImageFiles(files, inputs.eval_transform(), inputs.input_shape, limit), batch_size=batch_size,
                         shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     predictions: list[Prediction] = []
     for images, errors in loader:
@@ -137,8 +143,8 @@ def predict(cfg: DictConfig) -> Path:
     device = resolve_device(cfg.device)
     files = list_images(cfg.input)
     model = load_classifier(cfg.ckpt)
-    workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
-    predictions = predict_files(model, files, cfg.top_k, cfg.batch_size, workers, device)
+    workers = loader_workers(cfg.num_workers, "num_workers")
+    predictions = predict_files(model, files, cfg.top_k, cfg.batch_size, workers, device, cfg.get("max_image_pixels"))
     output = write_csv(predictions, cfg.output)
     failed = sum(1 for prediction in predictions if prediction.error)
     print(f"Predicted {len(predictions) - failed} image(s) on {device}"

@@ -13,17 +13,10 @@ from torchvision.datasets import ImageFolder
 
 from transferlab.data.download import fetch_dataset
 from transferlab.data.features import CacheFeatures, feature_cache
-from transferlab.data.folders import ClassFolder, class_folders, default_num_workers, is_image, require_classes
+from transferlab.data.folders import ClassFolder, class_folders, is_image, loader_workers, require_classes
 from transferlab.data.image_cache import BYTES_PER_GB, IMAGE_CACHE_SETTINGS, SHRINK, DecodedImageCache
-from transferlab.data.images import load_rgb
-from transferlab.data.scan import (
-    PIL_MAX_IMAGE_PIXELS,
-    ScanReport,
-    count_kinds,
-    log_warnings,
-    scan_dataset,
-    write_skipped,
-)
+from transferlab.data.images import PIL_MAX_IMAGE_PIXELS, load_rgb
+from transferlab.data.scan import ScanReport, count_kinds, log_warnings, scan_dataset, write_skipped
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import ConfigError
 from transferlab.files import write_json_atomically
@@ -134,7 +127,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.train_transform = self.preprocessing.train_transform(self.augment)
         self.eval_transform = self.preprocessing.eval_transform()
         self.batch_size = batch_size
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.num_workers = loader_workers(num_workers)
         self.val_split = val_split
         self.seed = seed
         self.download = download
@@ -166,6 +159,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return
         train_dir, val_dir = self._check_layout()
         self.class_names = class_folders(train_dir)
+        if len(self.class_names) < 2:
+            raise ConfigError(
+                f"{train_dir} has one class folder ({self.class_names[0]}), and a classifier needs at least two "
+                f"classes to tell apart. Add another class folder beside it: {train_dir}/<class name>/<image>."
+            )
         if val_dir is not None:
             require_classes(val_dir, self.class_names, "train",
                             "Give both splits the same class folders (check spelling and case).")
@@ -221,7 +219,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def _scan(self, train_dir: Path, val_dir: Path | None) -> set[str]:
         """Scan every file; stop on bad ones, or return their paths to leave out (``on_bad_image=skip``)."""
         cache = self.run_dir / SCAN_CACHE if self.run_dir else None
-        report = self.scan_report = scan_dataset(train_dir, val_dir, cache, self.max_image_pixels)
+        report = self.scan_report = scan_dataset(train_dir, val_dir, cache, self.hparams.max_image_pixels)
         log_warnings(report)
         if not report.problems:
             return set()

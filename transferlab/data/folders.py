@@ -8,11 +8,14 @@ so they see the same classes and the same images:
 - under a class folder (or a folder given to predict), hidden files and hidden folders are
   skipped: macOS's ``._name.jpg`` (AppleDouble metadata) has an image extension but is no image;
 - an image is a file with one of torchvision's ``IMG_EXTENSIONS`` (any case);
-- links are followed, as ImageFolder follows them; a folder reached a second time (a link cycle,
-  or two links to one folder) is listed once;
+- links are followed, as ImageFolder follows them, except a link to a folder that holds it (``self -> .``,
+  ``loop -> ..``): ImageFolder would follow it round to the OS's limit, or into another class; it is
+  skipped with a warning. A folder reached a second time (two links to one folder) is listed once;
+- an image directly in a split, beside the class folders, is in no class (the scan warns about it);
 - files come in ImageFolder's order: by folder path, then by name.
 """
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,18 +25,39 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from transferlab.errors import ConfigError
 
-__all__ = ["IMG_EXTENSIONS", "MAX_DEFAULT_WORKERS", "ClassFolder", "class_files", "class_folders", "class_names",
-           "default_num_workers", "has_images", "image_files", "is_hidden", "is_image", "visible_files"]
+__all__ = ["IMG_EXTENSIONS", "MAX_DEFAULT_WORKERS", "ClassFolder", "available_cores", "class_files", "class_folders",
+           "class_names", "default_num_workers", "has_images", "image_files", "is_hidden", "is_image",
+           "loader_workers", "stray_images", "visible_files"]
+
+log = logging.getLogger(__name__)
 
 # Past 8 loader processes, more mostly compete for the same cores (and each holds its own copy of
 # the data set and its prefetched batches) instead of loading faster.
 MAX_DEFAULT_WORKERS = 8
 
 
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity, where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_num_workers() -> int:
     """Loader processes: the CPU cores this process may use, capped at ``MAX_DEFAULT_WORKERS``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cores, MAX_DEFAULT_WORKERS)
+    return min(available_cores(), MAX_DEFAULT_WORKERS)
+
+
+def loader_workers(asked: int | None, setting: str = "data.num_workers") -> int:
+    """``asked`` loader processes, at most one per available core (with a warning); None: the default."""
+    if asked is None:
+        return default_num_workers()
+    cores = available_cores()
+    if asked <= cores:
+        return asked
+    log.warning("%s=%d asks for more loader processes than the %d CPU core(s) this process may use: using %d. "
+                "More would only compete for the same cores (each holding its own copy of the data set and its "
+                "prefetched batches) and load slower; set %s to at most %d, or null for the default.",
+                setting, asked, cores, cores, setting, cores)
+    return cores
 
 
 def is_hidden(name: str) -> bool:
@@ -53,16 +77,46 @@ def class_names(split: str | os.PathLike) -> list[str]:
         return sorted(entry.name for entry in entries if entry.is_dir() and not is_hidden(entry.name))
 
 
+def stray_images(split: str | os.PathLike) -> list[Path]:
+    """Images directly in a split, beside its class folders: in no class, so no data set reads them."""
+    with os.scandir(split) as entries:
+        return sorted(Path(entry.path) for entry in entries if is_image(entry.name) and not entry.is_dir())
+
+
+_LOOPS_WARNED: set[str] = set()  # each folder link loop is logged once per process, not once per walk
+
+
+def _link_loop(path: str) -> bool:
+    """Whether ``path`` is a link to the folder holding it or to one of that folder's ancestors; warns once."""
+    if not os.path.islink(path):
+        return False
+    target, holder = os.path.realpath(path), os.path.realpath(os.path.dirname(path))
+    if os.path.commonpath([target, holder]) != target:
+        return False
+    if path not in _LOOPS_WARNED:
+        _LOOPS_WARNED.add(path)
+        log.warning("Not following the folder link %s -> %s: it leads back to %s, which holds it, so its images "
+                    "would be read again (or those of other classes, under this class). Remove the link.",
+                    path, os.readlink(path), target)
+    return True
+
+
 def _walk(folder: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
-    """``(folder path, names of its non-hidden files)`` for ``folder`` and every non-hidden folder below it."""
-    seen: set[str] = set()
+    """``(folder path, names of its non-hidden files)`` for ``folder`` and every non-hidden folder below it.
+
+    Each real folder (device and inode) is visited once, and links back up (``_link_loop``) not at all.
+    """
+    if _link_loop(os.fspath(folder)):
+        return
+    seen: set[tuple[int, int]] = set()
     for parent, subfolders, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(parent)
-        if real in seen:  # reached again through a link: a cycle would otherwise repeat to the OS's link limit
+        stat = os.stat(parent)
+        if (stat.st_dev, stat.st_ino) in seen:  # reached again through another link: listed once
             subfolders.clear()
             continue
-        seen.add(real)
-        subfolders[:] = sorted(name for name in subfolders if not is_hidden(name))  # sorted: which copy wins is fixed
+        seen.add((stat.st_dev, stat.st_ino))
+        subfolders[:] = sorted(name for name in subfolders  # sorted: which copy wins is fixed
+                               if not is_hidden(name) and not _link_loop(os.path.join(parent, name)))
         yield parent, [name for name in names if not is_hidden(name)]
 
 

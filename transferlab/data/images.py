@@ -1,9 +1,15 @@
-"""Decoding image files into RGB, whatever mode they were saved in."""
+"""Decoding image files into RGB, whatever mode they were saved in, and the one limit on their size in pixels."""
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+PIL_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's decompression-bomb limit
+TOO_LARGE = "too large"  # the kind of problem (scan) or error (predict, evaluate) of an image over the limit
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -33,3 +39,53 @@ def load_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return to_rgb(image)
+
+
+@contextlib.contextmanager
+def no_pixel_limit() -> Iterator[None]:
+    """Let PIL open any size: the caller compares the size from the header with its own limit, before decoding."""
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+@dataclass(frozen=True)
+class PixelLimit:
+    """The most pixels an image may have, and the setting that sets it (``configured`` None: PIL's limit).
+
+    Training (``data.max_image_pixels``), predict and evaluate (``max_image_pixels``) name it the same way.
+    """
+
+    configured: int | None = None
+    setting: str = "data.max_image_pixels"
+
+    @property
+    def pixels(self) -> int:
+        return self.configured or PIL_MAX_IMAGE_PIXELS
+
+    def describe(self) -> str:
+        if not self.configured:
+            return (f"PIL's decompression-bomb limit of {PIL_MAX_IMAGE_PIXELS:,} pixels "
+                    f"(raise it with {self.setting}=...)")
+        return f"{self.setting}={self.configured}"
+
+    def reason(self, pixels: int) -> str | None:
+        """``"too large: ..."`` for an image of ``pixels`` over the limit, else None."""
+        return f"{TOO_LARGE}: {pixels:,} pixels > {self.describe()}" if pixels > self.pixels else None
+
+    def load_rgb(self, path: str | Path) -> Image.Image:
+        """``load_rgb``, refusing an image over the limit from its header, before decoding it.
+
+        Raises PIL's ``DecompressionBombError`` naming the file and the limit (PIL's own refuses only
+        images over twice its limit, and names neither).
+        """
+        with no_pixel_limit():
+            image = Image.open(path)
+        with image:
+            reason = self.reason(image.width * image.height)
+            if reason:
+                raise Image.DecompressionBombError(f"{path}: {reason}")
+            image.load()
+            return to_rgb(image)

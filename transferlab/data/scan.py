@@ -1,18 +1,19 @@
 """A scan of an image folder before training: bad files, skipped extensions, train/val leakage.
 
-Fast: images are checked from their headers (``PIL.Image.open`` + ``verify()``); JPEG and PNG files
-are also checked for their end marker (``FFD9`` / ``IEND``), and only a file that lacks it, or a file in
-another format, is decoded in full. Results are cached by file size and modification time, so a
-rerun in the same run folder opens no image.
+Fast: images are checked from their headers (``PIL.Image.open`` + ``verify()``, which checks PNG chunk
+checksums); JPEG and PNG files are also checked for their end marker (``FFD9`` / ``IEND``), and only a
+file that lacks it, or a file in another format, is decoded in full. A JPEG with its end marker is decoded
+at 1/8 scale to catch data cut short before it (``transferlab.data.jpeg``). Results are cached by file
+size and modification time, so a rerun in the same run folder opens no image.
 """
 
-import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,20 +21,21 @@ from typing import NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
-from transferlab.data.folders import IMG_EXTENSIONS, class_files, is_image
+from transferlab.data.folders import IMG_EXTENSIONS, class_files, is_image, stray_images
+from transferlab.data.images import PixelLimit, no_pixel_limit
+from transferlab.data.jpeg import cut_short
 from transferlab.files import atomic_path, write_text_atomically
 from transferlab.ranks import is_global_zero
 
 log = logging.getLogger(__name__)
 
-PIL_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's decompression-bomb limit
-CACHE_VERSION = 1  # bumped when FileCheck changes: a scan.json of another version is ignored, not misread
+CACHE_VERSION = 2  # bumped when FileCheck or the checks change: a scan.json of another version is not reused
 SHOWN = 5  # paths listed per message
 
 # Kinds of problem (files that stop the run or are skipped) and of warning; a reason starts with its kind.
-EMPTY, NOT_IMAGE, TRUNCATED, UNDECODABLE, TOO_LARGE, UNREADABLE = (
-    "empty file", "not an image", "truncated", "cannot be decoded", "too large", "unreadable")
-NOT_USED, LEAKAGE = "not used", "in train and val"
+EMPTY, NOT_IMAGE, TRUNCATED, UNDECODABLE, UNREADABLE, BROKEN_LINK, LINK_LOOP = (
+    "empty file", "not an image", "truncated", "cannot be decoded", "unreadable", "broken link", "link loop")
+NOT_USED, LEAKAGE, NO_CLASS = "not used", "in train and val", "not in a class folder"
 END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 
 
@@ -91,16 +93,6 @@ def listing(findings: list[Finding], shown: int = SHOWN) -> str:
     return "\n" + "\n".join(lines)
 
 
-@contextlib.contextmanager
-def no_pixel_limit() -> Iterator[None]:
-    """Let PIL open any size (the scan compares sizes against its own limit, without decoding)."""
-    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
 def ends_with(path: Path, marker: bytes) -> bool:
     """Whether the file's last bytes are ``marker`` (reads only those bytes)."""
     with open(path, "rb") as file:
@@ -127,17 +119,28 @@ def describe(error: Exception) -> str:
     return f"{kind}: {text}"
 
 
+def link_problem(path: Path, error: OSError) -> str | None:
+    """The reason a link cannot be read (it points nowhere, or round in a loop), else None."""
+    if not path.is_symlink() or error.errno not in (errno.ENOENT, errno.ELOOP):
+        return None
+    if error.errno == errno.ELOOP:
+        return f"{LINK_LOOP}: the link -> {os.readlink(path)} leads back to itself; point it at an image or delete it"
+    target = os.path.normpath(path.parent / os.readlink(path))
+    return f"{BROKEN_LINK}: points to {target}, which does not exist; point it at an image or delete it"
+
+
 def check_image(path: Path, max_pixels: int) -> FileCheck:
-    """Check one file: empty, not an image, truncated, undecodable; record its pixel count.
+    """Check one file: a broken link, empty, not an image, truncated, undecodable; record its pixel count.
 
     Images over ``max_pixels`` are not decoded (``decoded=False``); ``too_large`` judges them.
     """
-    stat = path.stat()
-    check = FileCheck(stat.st_size, stat.st_mtime_ns)
-    if stat.st_size == 0:
-        check.error = f"{EMPTY}: 0 bytes"
-        return check
+    check = FileCheck(-1, -1)  # no size or time to cache by: a link that cannot be followed is checked each scan
     try:
+        stat = path.stat()
+        check.size, check.mtime_ns = stat.st_size, stat.st_mtime_ns
+        if stat.st_size == 0:
+            check.error = f"{EMPTY}: 0 bytes"
+            return check
         with Image.open(path) as image:
             image_format, (width, height) = image.format, image.size
             check.pixels = width * height
@@ -148,20 +151,23 @@ def check_image(path: Path, max_pixels: int) -> FileCheck:
         marker = END_MARKERS.get(image_format)
         if marker is None or not ends_with(path, marker):  # no cheap proof of completeness: decode it
             check.error = decode_error(path)
+        elif image_format == "JPEG" and cut_short(path.read_bytes()):
+            check.error = (f"{TRUNCATED}: the JPEG data stops before the image does (an end marker follows a cut); "
+                           "the rest would decode as grey or blurred")
     except UnidentifiedImageError:
         check.error = f"{NOT_IMAGE}: PIL cannot identify it as an image"
     except PermissionError as error:
         check.error = f"{UNREADABLE}: {error.strerror}"
+    except OSError as error:
+        check.error = link_problem(path, error) or describe(error)
     except Exception as error:
         check.error = describe(error)
     return check
 
 
-def too_large(check: FileCheck, max_pixels: int) -> str | None:
-    if check.pixels is not None and check.pixels > max_pixels:
-        return (f"{TOO_LARGE}: {check.pixels:,} pixels > data.max_image_pixels={max_pixels:,} "
-                "(PIL's decompression-bomb limit)")
-    return None
+def too_large(check: FileCheck, limit: PixelLimit) -> str | None:
+    """``"too large: ..."`` (``images.TOO_LARGE``) for an image over ``limit``, naming it, else None."""
+    return limit.reason(check.pixels) if check.pixels is not None else None
 
 
 def file_digest(path: Path) -> str:
@@ -188,13 +194,16 @@ class ScanCache:
                 log.warning("Ignoring an unreadable scan cache %s", path)
 
     def key(self, path: Path) -> str:
-        return Path(os.path.relpath(path.resolve(), self.root)).as_posix()
+        return Path(os.path.relpath(os.path.realpath(path), self.root)).as_posix()  # realpath: no error on a loop
 
     def get(self, path: Path, max_pixels: int) -> FileCheck | None:
         entry = self.entries.get(self.key(path))
         if entry is None:
             return None
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError:  # a link that cannot be followed (any more): check_image says why
+            return None
         if (entry.size, entry.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
             return None
         if not entry.decoded and (entry.pixels or 0) <= max_pixels:
@@ -228,8 +237,8 @@ def check_all(paths: list[Path], cache: ScanCache, max_pixels: int) -> list[File
     return checks  # type: ignore[return-value]
 
 
-def scan_split(folder: Path, cache: ScanCache, max_pixels: int) -> tuple[ScanReport, list[tuple[Path, FileCheck]]]:
-    """Problems and skipped extensions of one split, and the usable images with their checks.
+def scan_split(folder: Path, cache: ScanCache, limit: PixelLimit) -> tuple[ScanReport, list[tuple[Path, FileCheck]]]:
+    """Problems, skipped extensions and images beside the class folders of one split; the usable images.
 
     Hidden files (``.DS_Store``, macOS's ``._name.jpg``) are neither read nor warned about: no data set reads them.
     """
@@ -237,14 +246,16 @@ def scan_split(folder: Path, cache: ScanCache, max_pixels: int) -> tuple[ScanRep
     images, ignored = [p for p in files if is_image(p)], [p for p in files if not is_image(p)]
     report = ScanReport()
     usable = []
-    for path, check in zip(images, check_all(images, cache, max_pixels), strict=True):
-        reason = check.error or too_large(check, max_pixels)
+    for path, check in zip(images, check_all(images, cache, limit.pixels), strict=True):
+        reason = check.error or too_large(check, limit)
         if reason:
             report.problems.append(Finding(str(path), reason))
         else:
             usable.append((path, check))
     extensions = " ".join(IMG_EXTENSIONS)
     report.warnings += [Finding(str(path), f"{NOT_USED}: ImageFolder reads only {extensions}") for path in ignored]
+    report.warnings += [Finding(str(path), f"{NO_CLASS}: ImageFolder reads only {folder.name}/<class>/<image>")
+                        for path in stray_images(folder)]
     return report, usable
 
 
@@ -270,13 +281,16 @@ def _store_digest(path: Path, check: FileCheck, cache: ScanCache) -> str:
 
 def scan_dataset(train_dir: Path, val_dir: Path | None, cache_file: Path | None = None,
                  max_pixels: int | None = None) -> ScanReport:
-    """Scan ``train_dir`` and ``val_dir`` (if any); ``cache_file`` (if given) is read and updated."""
-    max_pixels = max_pixels or PIL_MAX_IMAGE_PIXELS
+    """Scan ``train_dir`` and ``val_dir`` (if any); ``cache_file`` (if given) is read and updated.
+
+    ``max_pixels`` is ``data.max_image_pixels``: None means PIL's limit, and the messages say which.
+    """
+    limit = PixelLimit(max_pixels)
     root = train_dir.parent
     cache = ScanCache(cache_file, root)
-    report, train_usable = scan_split(train_dir, cache, max_pixels)
+    report, train_usable = scan_split(train_dir, cache, limit)
     if val_dir is not None:
-        val_report, val_usable = scan_split(val_dir, cache, max_pixels)
+        val_report, val_usable = scan_split(val_dir, cache, limit)
         report.problems += val_report.problems
         report.warnings += val_report.warnings + find_leakage(train_usable, val_usable, cache)
     cache.save()
@@ -289,7 +303,8 @@ def log_warnings(report: ScanReport) -> None:
     for finding in report.warnings:
         by_kind.setdefault(finding.kind, []).append(finding)
     advice = {NOT_USED: "rename or convert them to use them",
-              LEAKAGE: "val accuracy overstates how well the model generalises; remove one copy"}
+              LEAKAGE: "val accuracy overstates how well the model generalises; remove one copy",
+              NO_CLASS: "not used: move each into the folder of its class to use it"}
     for kind, findings in by_kind.items():
         log.warning("%d file(s) %s (%s):%s", len(findings), kind, advice.get(kind, ""), listing(findings))
 

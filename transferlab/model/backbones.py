@@ -1,7 +1,7 @@
 """Torchvision backbones: build by name, load weights (named, local file or checkpoint), cut off the classifier."""
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
@@ -18,6 +18,7 @@ from transferlab.model.loading import load_safely
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+CNN_MIN_SIZE = 32  # five stride-2 reductions (ResNet, VGG, MobileNet, ...) take 32 px down to 1x1
 
 
 @dataclass
@@ -64,14 +65,47 @@ def named_weights(name: str, weights: str) -> WeightsEnum:
         ) from None
 
 
-def preprocessing_for(name: str, weights: str | None) -> Preprocessing:
-    """The preprocessing (resize, crop, mean/std) of a model ``name`` built with ``weights``.
+@dataclass(frozen=True)
+class WeightsPreprocessing(Preprocessing):
+    """A backbone's preprocessing that knows the smallest crop the backbone takes: ``at_size`` refuses less.
+
+    ``min_size`` is torchvision's ``meta["min_size"]`` of the weights, and at least ``CNN_MIN_SIZE``.
+    """
+
+    backbone: str = ""
+    min_size: int = CNN_MIN_SIZE
+
+    def at_size(self, image_size: int | None) -> Preprocessing:
+        """The plain ``Preprocessing`` at ``image_size``; a ConfigError below ``min_size``."""
+        if image_size is not None and image_size < self.min_size:
+            why = ("torchvision's min_size for its weights" if self.min_size > CNN_MIN_SIZE else
+                   f"its five stride-2 reductions take {CNN_MIN_SIZE} px down to 1x1")
+            raise ConfigError(
+                f"data.image_size={image_size} is smaller than backbone {self.backbone} can take: its smallest input "
+                f"is {self.min_size} px ({why}). Set data.image_size={self.min_size} or more; its weights were "
+                f"trained at {self.crop_size}."
+            )
+        return self.plain().at_size(image_size)
+
+    def plain(self) -> Preprocessing:
+        return Preprocessing(**{field.name: getattr(self, field.name) for field in fields(Preprocessing)})
+
+    def to_dict(self) -> dict:
+        return self.plain().to_dict()
+
+
+def preprocessing_for(name: str, weights: str | None) -> WeightsPreprocessing:
+    """The preprocessing (resize, crop, mean/std, smallest crop) of a model ``name`` built with ``weights``.
 
     Named weights bring their own; random init and local files use the architecture's DEFAULT.
     """
     if weights is None or is_weights_file(weights):
-        return Preprocessing.from_preset(get_model_weights(name).DEFAULT.transforms())
-    return Preprocessing.from_preset(named_weights(name, weights).transforms())
+        chosen = get_model_weights(name).DEFAULT
+    else:
+        chosen = named_weights(name, weights)
+    min_size = max(CNN_MIN_SIZE, *chosen.meta.get("min_size", ()))
+    return WeightsPreprocessing(**asdict(Preprocessing.from_preset(chosen.transforms())), backbone=name,
+                                min_size=min_size)
 
 
 def build_backbone(name: str, weights: str | None, classifier: str | None = None,
