@@ -149,12 +149,22 @@ def test_predict_and_evaluate_refuse_images_over_the_pixel_limit_and_name_it(tra
     options = {"ckpt": str(trained[2]), "data": {"root": str(folder)}, "split": "val", "output": str(tmp_path / "ev"),
                "batch_size": 8, "num_workers": 0, "device": "cpu"}
     with pytest.raises(ConfigError) as error:
-        evaluate(args(**{**options, "num_workers": 1}))  # the error comes from a loader process
-    assert str(error.value) == \
-        f"Cannot evaluate on {folder / 'val'}: {huge}: too large: 90,000,000 pixels > {pil_limit}."
+        evaluate(args(**{**options, "num_workers": 1}))
+    assert str(error.value).startswith(f"Cannot evaluate on {folder / 'val'}: 1 bad image file(s) (1 too large).")
+    assert f"{huge}: too large: 90,000,000 pixels > {pil_limit}" in str(error.value)
     huge.unlink()
-    with pytest.raises(ConfigError, match=r"000.png: too large: 1,600 pixels > max_image_pixels=1000\.$"):
+    with pytest.raises(ConfigError, match=r"000.png: too large: 1,600 pixels > max_image_pixels=1000\n"):
         evaluate(args(**options, max_image_pixels=1000))
+
+
+def test_evaluate_names_a_truncated_image_instead_of_a_traceback(trained, image_folder, tmp_path):
+    folder = tmp_path / "cut"
+    shutil.copytree(image_folder / "val", folder / "val")
+    image = folder / "val" / "green" / "000.png"
+    image.write_bytes(image.read_bytes()[:300])
+    with pytest.raises(ConfigError, match=r"1 bad image file\(s\) \(1 truncated\)[\s\S]*000.png: truncated"):
+        evaluate(args(ckpt=str(trained[2]), data={"root": str(folder)}, split="val", output=str(tmp_path / "ev"),
+                      batch_size=8, num_workers=0, device="cpu"))
 
 
 @pytest.mark.parametrize("format", ["torchscript", "onnx"])

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from omegaconf import MISSING, DictConfig
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -28,6 +27,7 @@ from torchmetrics.classification import (
 from transferlab.cli.args import resolve_device, run_cli
 from transferlab.data.folders import ClassFolder, loader_workers, require_classes
 from transferlab.data.images import PixelLimit
+from transferlab.data.scan import count_kinds, find_problems, listing
 from transferlab.errors import ConfigError
 from transferlab.files import atomic_path, write_json_atomically
 from transferlab.layout import SPLIT, run_folder
@@ -89,6 +89,13 @@ def evaluation_set(root: str | Path, split: str, class_names: list[str], transfo
                           f"{', '.join(sorted(p.name for p in root.iterdir() if p.is_dir())) or 'no folders'}.")
     require_classes(folder, class_names, "the checkpoint", checkpoint_classes_fix(class_names))
     return ClassFolder(str(folder), transform=transform, loader=loader), split, str(folder)
+
+
+def sample_paths(dataset: Dataset) -> list[Path]:
+    """The image files of an evaluation set (a ``ClassFolder``, or a ``Subset`` of one)."""
+    if isinstance(dataset, Subset):
+        return [Path(dataset.dataset.samples[i][0]) for i in dataset.indices]
+    return [Path(path) for path, _ in dataset.samples]
 
 
 def checkpoint_classes_fix(class_names: list[str]) -> str:
@@ -222,12 +229,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     dataset, split, source = evaluation_set(cfg.data.root, cfg.split, list(model.hparams.class_names),
                                             preprocessing(model).eval_transform(), run_folder(checkpoint),
                                             cfg.get("max_image_pixels"))
-    workers = loader_workers(cfg.num_workers, "num_workers")
-    try:
-        metrics = evaluate_model(model, dataset, cfg.batch_size, workers, device)
-    except Image.DecompressionBombError as error:  # from a loader process, the message ends its traceback
-        reason = str(error).strip().splitlines()[-1].removeprefix("PIL.Image.DecompressionBombError: ")
-        raise ConfigError(f"Cannot evaluate on {source}: {reason}.") from None
+    problems, _ = find_problems(sample_paths(dataset), PixelLimit(cfg.get("max_image_pixels"), "max_image_pixels"))
+    if problems:  # the scan training runs: a bad file is named here, not in a loader process's traceback
+        raise ConfigError(f"Cannot evaluate on {source}: {len(problems)} bad image file(s) ({count_kinds(problems)})."
+                          f"{listing(problems)}\nRemove or repair them, then evaluate again.")
+    metrics = evaluate_model(model, dataset, cfg.batch_size, loader_workers(cfg.num_workers, "num_workers"), device)
     report = {"checkpoint": str(checkpoint.resolve()), "data_root": str(Path(cfg.data.root).expanduser()),
               "split": split, "source": source, **metrics}
     output = Path(cfg.output).expanduser() if cfg.output else run_folder(checkpoint) / "evaluation"

@@ -237,6 +237,15 @@ def check_all(paths: list[Path], cache: ScanCache, max_pixels: int) -> list[File
     return checks  # type: ignore[return-value]
 
 
+def find_problems(images: list[Path], limit: PixelLimit, cache: ScanCache | None = None,
+                  ) -> tuple[list[Finding], list[tuple[Path, FileCheck]]]:
+    """The bad files among ``images``, and the usable ones with their checks (``cache``: None reads no scan.json)."""
+    checks = check_all(images, cache or ScanCache(None, Path.cwd()), limit.pixels)
+    reasons = [(path, c, c.error or too_large(c, limit)) for path, c in zip(images, checks, strict=True)]
+    return ([Finding(str(path), reason) for path, _, reason in reasons if reason],
+            [(path, check) for path, check, reason in reasons if not reason])
+
+
 def scan_split(folder: Path, cache: ScanCache, limit: PixelLimit) -> tuple[ScanReport, list[tuple[Path, FileCheck]]]:
     """Problems, skipped extensions and images beside the class folders of one split; the usable images.
 
@@ -244,14 +253,8 @@ def scan_split(folder: Path, cache: ScanCache, limit: PixelLimit) -> tuple[ScanR
     """
     files = [path for paths in class_files(folder).values() for path in paths]
     images, ignored = [p for p in files if is_image(p)], [p for p in files if not is_image(p)]
-    report = ScanReport()
-    usable = []
-    for path, check in zip(images, check_all(images, cache, limit.pixels), strict=True):
-        reason = check.error or too_large(check, limit)
-        if reason:
-            report.problems.append(Finding(str(path), reason))
-        else:
-            usable.append((path, check))
+    problems, usable = find_problems(images, limit, cache)
+    report = ScanReport(problems)
     extensions = " ".join(IMG_EXTENSIONS)
     report.warnings += [Finding(str(path), f"{NOT_USED}: ImageFolder reads only {extensions}") for path in ignored]
     report.warnings += [Finding(str(path), f"{NO_CLASS}: ImageFolder reads only {folder.name}/<class>/<image>")
