@@ -10,8 +10,10 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -37,9 +39,24 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
+USER_ERRORS = (ConfigError, MisconfigurationException)  # what the user can fix: a message and exit code 2
+
+
+def build(config: Any, **kwargs: Any) -> Any:
+    """``instantiate(config, **kwargs)``, with a user error raised inside it unwrapped from Hydra's
+    ``InstantiationException``, so that it ends the run with its own message (a bad weights file while
+    the model is built, ``trainer.accelerator=cuda`` on a machine without a GPU)."""
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, USER_ERRORS):
+            raise error.__cause__ from None
+        raise
+
+
 def build_callbacks(cfg: DictConfig, mode: Mode, datamodule: ImageFolderDataModule) -> list[Callback]:
     """The configured callbacks, the mode's freeze callback and the data's feature cache, where they apply."""
-    callbacks = [instantiate(node) for node in cfg.get("callbacks", {}).values() if node is not None]
+    callbacks = [build(node) for node in cfg.get("callbacks", {}).values() if node is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     extra = [mode.callback(cfg.mode), datamodule.feature_cache(backbone_trains=mode.backbone_trains)]
@@ -49,14 +66,14 @@ def build_callbacks(cfg: DictConfig, mode: Mode, datamodule: ImageFolderDataModu
 def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule:
     """The configured data module, its preprocessing from the weights the backbone starts from."""
     weights = get_mode(cfg.mode.name).initial_weights(cfg.backbone.weights)
-    make_datamodule = instantiate(cfg.data, _partial_=True)  # partial: the preprocessing stays an object
+    make_datamodule = build(cfg.data, _partial_=True)  # partial: the preprocessing stays an object
     return make_datamodule(preprocessing=preprocessing_for(cfg.backbone.name, weights), seed=cfg.seed,
                            run_dir=str(output_dir))
 
 
 def build_model(cfg: DictConfig, datamodule: ImageFolderDataModule) -> TransferClassifier:
     """The configured LightningModule, completed with what the data and the machine decide."""
-    return instantiate(cfg.model, class_names=datamodule.class_names,
+    return build(cfg.model, class_names=datamodule.class_names,
                        class_weights=class_weights(cfg.loss.class_weights, datamodule.class_counts),
                        preprocessing=datamodule.preprocessing.to_dict(),
                        channels_last=use_channels_last(cfg.channels_last, cfg.trainer))
@@ -85,8 +102,8 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[Callback] | None) 
     interruption = RestartInterruptedEpoch(output_dir)
     safety = [RandomState(), interruption, FiniteLoss(output_dir)]
     configured = build_callbacks(cfg, mode, datamodule)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[*configured, *safety, summary, *(callbacks or [])],
-                                      logger=instantiate(cfg.logger) if cfg.get("logger") else False,
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=[*configured, *safety, summary, *(callbacks or [])],
+                                logger=build(cfg.logger) if cfg.get("logger") else False,
                                       plugins=[AtomicCheckpointIO()])
     check_launch(trainer)
     resume_from = checkpoint_to_resume(output_dir) if cfg.get("resume") else None
@@ -141,9 +158,9 @@ def main(cfg: DictConfig) -> float | None:
         if not isinstance(error, RunFolderError):  # a folder that holds another run gets nothing written into it
             record_failure(Path(cfg.paths.output_dir), error)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.error("Run failed, the sweep goes on: %s", error, exc_info=not isinstance(error, ConfigError))
+            log.error("Run failed, the sweep goes on: %s", error, exc_info=not isinstance(error, USER_ERRORS))
             return None
-        if isinstance(error, ConfigError):
+        if isinstance(error, USER_ERRORS):
             log.error("%s", error)
             sys.exit(2)
         raise
