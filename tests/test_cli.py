@@ -33,4 +33,4 @@ def test_asking_for_a_gpu_on_a_machine_without_one_is_named(tmp_path, image_fold
     cli = train_cli(tmp_path / "run", f"data.root={image_folder}", *FAST, "trainer.accelerator=cuda")
     output = cli.stdout + cli.stderr
     assert cli.returncode == 2, output[-2000:]
-    assert "CUDAAccelerator can not run on your system" in output and "Error executing job" not in output
+    assert "`CUDAAccelerator` can not run on your system" in output and "Error executing job" not in output
