@@ -27,7 +27,7 @@ CHOICES = [(group, path.stem) for group in GROUPS for path in sorted((Path(CONFI
 @pytest.mark.parametrize("group, choice", CHOICES, ids=[f"{g}={c}" for g, c in CHOICES])
 def test_every_choice_composes(make_config, group, choice):
     cfg = make_config(f"{group}={choice}")
-    assert cfg.mode.name in {"scratch", "finetune", "feature_extract", "gradual"}
+    assert cfg.mode.name in MODES
     if cfg.scheduler is not None:
         assert cfg.scheduler.interval in {"epoch", "step"}
     assert callable(instantiate(cfg.optimizer))
@@ -78,7 +78,7 @@ def test_every_mode_file_is_a_registered_mode_with_its_callback(make_config):
     for name, mode in MODES.items():
         cfg = make_config(f"mode={name}")
         callback = mode.callback(cfg.mode)
-        assert (callback is not None) == (name in ("feature_extract", "gradual"))
+        assert (callback is not None) == (name in ("feature_extract", "gradual", "partial"))
         assert mode.initial_weights("DEFAULT") == (None if name == "scratch" else "DEFAULT")
 
 

@@ -46,9 +46,13 @@ VARIANTS = {
     # differ on half batches (torch's SyncBatchNorm, which would fix that, refuses CPU tensors).
     "gradual": ["mode=gradual", "mode.unfreeze_at_epoch=1", "mode.backbone_lr_ratio=1.0", "backbone=vgg16",
                 "backbone.name=vgg11", "data.image_size=32"],
+    # the same, unfreezing VGG-11's top stage alone (its own optimizer group, at layer_decay's rate)
+    "stagewise": ["mode=gradual", "mode.unfreeze=stagewise", "mode.unfreeze_at_epoch=1", "mode.backbone_lr_ratio=1.0",
+                  "optimizer.layer_decay=0.5", "backbone=vgg16", "backbone.name=vgg11", "backbone.stages=null",
+                  "data.image_size=32"],
 }
 # In which of the two epochs each variant's backbone trains.
-BACKBONE_TRAINS = {"feature_extract": (False, False), "gradual": (False, True)}
+BACKBONE_TRAINS = {"feature_extract": (False, False), "gradual": (False, True), "stagewise": (False, True)}
 
 
 def start_cli(run_dir: Path, *overrides: str) -> subprocess.Popen:

@@ -7,7 +7,7 @@ import transferlab
 
 PACKAGE = Path(transferlab.__file__).parent
 LAYERS = ["base", "data", "model", "run", "cli"]  # each may import itself and those before it
-COMMANDS = {"train", "predict", "evaluate", "export", "report"}  # the python -m transferlab.<command> shims
+COMMANDS = {"train", "predict", "evaluate", "export", "report", "advise"}  # the python -m transferlab.<command> shims
 
 
 def layer(module: str) -> str:

@@ -12,6 +12,9 @@ FAILURE = "failure.json"
 SPLIT = "split.json"
 SCAN_CACHE = "scan.json"
 SKIPPED = "skipped.txt"
+TRAINABILITY = "trainability.md"  # which backbone stages train, when, in which optimizer group at which rate
+ADVICE_JSON = "advice.json"  # python -m transferlab.advise: its measurements and recommendations
+ADVICE_MD = "advice.md"  # the same as the printed Markdown report
 LOCK = ".lock"  # held by the live run (transferlab.run.folder); left behind, it marks a folder a run started in
 
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.errors import ConfigError
 from transferlab.files import write_json_atomically
-from transferlab.layout import FAILURE, RESULTS
+from transferlab.layout import FAILURE, RESULTS, TRAINABILITY
 from transferlab.model.backbones import check_name, preprocessing_for
 from transferlab.model.modes import Mode, get_mode
 from transferlab.model.module import TransferClassifier, class_weights
@@ -32,6 +32,7 @@ from transferlab.run.guards import FiniteLoss
 from transferlab.run.results import RunSummary
 from transferlab.run.resume import AtomicCheckpointIO, RandomState, RestartInterruptedEpoch, checkpoint_to_resume
 from transferlab.run.speed import compiled, use_channels_last
+from transferlab.run.trainability import Trainability
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,13 @@ def build(config: Any, **kwargs: Any) -> Any:
 
 
 def build_callbacks(cfg: DictConfig, mode: Mode, datamodule: ImageFolderDataModule) -> list[Callback]:
-    """The configured callbacks, the mode's freeze callback and the data's feature cache, where they apply."""
+    """The configured callbacks, the mode's freeze callback, the trainability table and the data's feature cache,
+    where they apply."""
     callbacks = [build(node) for node in cfg.get("callbacks", {}).values() if node is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
-    extra = [mode.callback(cfg.mode), datamodule.feature_cache(backbone_trains=mode.backbone_trains)]
+    extra = [mode.callback(cfg.mode), Trainability(Path(cfg.paths.output_dir) / TRAINABILITY),  # after the freeze
+             datamodule.feature_cache(backbone_trains=mode.backbone_trains(cfg.mode))]
     return callbacks + [callback for callback in extra if callback is not None]
 
 

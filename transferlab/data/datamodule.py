@@ -53,6 +53,21 @@ def stratified_split(targets: list[int], val_fraction: float, seed: int) -> tupl
     return sorted(train), sorted(val)
 
 
+def stratified_sample(dataset: Dataset, per_class: int | None, seed: int) -> Dataset:
+    """A seeded sample of at most ``per_class`` items of each class of ``dataset`` (an ImageFolder or a Subset of
+    one), in the data set's order; ``None``: the whole data set."""
+    if per_class is None:
+        return dataset
+    targets = ([dataset.dataset.targets[i] for i in dataset.indices] if isinstance(dataset, Subset)
+               else dataset.targets)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in sorted(set(targets)):
+        indices = [i for i, t in enumerate(targets) if t == label]
+        chosen += [indices[i] for i in torch.randperm(len(indices), generator=generator)[:per_class].tolist()]
+    return Subset(dataset, sorted(chosen))
+
+
 class EpochShuffle(Sampler[int]):
     """A new random order every epoch that depends only on (seed, epoch), as DistributedSampler's does.
 

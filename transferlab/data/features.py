@@ -20,6 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data.image_cache import BYTES_PER_GB
@@ -81,11 +82,11 @@ class FeatureViews(Dataset):
 
 
 @torch.no_grad()
-def extract_features(pl_module: pl.LightningModule, dataset: Dataset, passes: int, batch_size: int,
-                     num_workers: int, device: torch.device, seed: int,
+def extract_features(forward: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, passes: int,
+                     batch_size: int, num_workers: int, device: torch.device, seed: int,
                      forward_context: Callable[[], AbstractContextManager] = contextlib.nullcontext,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``pl_module.features`` of every item of ``dataset``, ``passes`` times: ((passes, N, D) float32, (N,) labels).
+    """``forward`` (a backbone's) of every item of ``dataset``, ``passes`` times: ((passes, N, D) float32, (N,) labels).
 
     Each pass draws its random augmentation from its own seed, so the features are reproducible.
     ``forward_context`` wraps the backbone's forward (the trainer's precision: autocast for mixed).
@@ -100,11 +101,28 @@ def extract_features(pl_module: pl.LightningModule, dataset: Dataset, passes: in
             batches = []
             for images, targets in loader:
                 with forward_context():
-                    features = pl_module.features(images.to(device, non_blocking=True))
+                    features = forward(images.to(device, non_blocking=True))
                 batches.append((features.float().cpu(), targets))
         passes_features.append(torch.cat([features for features, _ in batches]))
         labels = torch.cat([targets for _, targets in batches])
     return torch.stack(passes_features), labels
+
+
+def frozen_features(network: nn.Module, dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
+                    channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``network`` frozen (eval mode, no gradients) over every item of ``dataset`` once: ((N, D) float32, (N,) labels).
+
+    ``channels_last`` runs it with NHWC weights and batches, as ``TransferClassifier`` does.
+    """
+    network = network.to(device).eval()
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return network(images.contiguous(memory_format=torch.channels_last) if channels_last else images)
+
+    features, labels = extract_features(forward, dataset, 1, batch_size, num_workers, device, seed=0)
+    return features[0], labels
 
 
 class CacheFeatures(Callback):
@@ -145,7 +163,7 @@ class CacheFeatures(Callback):
     def _extract(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                  datamodule: Any) -> tuple[FeatureViews, FeatureViews] | None:
         """(train, val) feature sets, or None when they would not fit in ``max_gb``."""
-        extract = partial(extract_features, pl_module, batch_size=datamodule.batch_size,
+        extract = partial(extract_features, pl_module.features, batch_size=datamodule.batch_size,
                           num_workers=datamodule.num_workers, device=trainer.strategy.root_device,
                           seed=datamodule.seed, forward_context=trainer.precision_plugin.forward_context)
         val_features, val_labels = extract(datamodule.val_set, 1)

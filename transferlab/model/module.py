@@ -13,7 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from transferlab.errors import ConfigError
 from transferlab.model.backbones import build_backbone, preprocessing_for
 from transferlab.model.heads import build_head
-from transferlab.model.modes import BACKBONE_GROUP, get_mode
+from transferlab.model.modes import PlannedStage, get_mode, plan_stages
+from transferlab.model.stages import find_stages
 
 CLASS_WEIGHTS = ("balanced",)
 # What the optimizer and scheduler ``_target_`` of hyper-parameters read from a checkpoint may name: a class
@@ -63,6 +64,8 @@ class TransferClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
         channels_last: bool = False,
+        stages: list[str] | None = None,
+        mode_settings: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # save_hyperparameters() reads the arguments' current values: the weights actually started
@@ -84,6 +87,10 @@ class TransferClassifier(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=len(class_names), average="micro")
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
+        schedule = get_mode(mode).schedule(mode_settings)
+        layer_decay = (optimizer or {}).get("layer_decay", 1.0)
+        found = find_stages(self.backbone, backbone, stages, strict=schedule.per_stage or layer_decay != 1)
+        self.stage_plan: list[PlannedStage] = plan_stages(found, schedule, backbone_lr_ratio, layer_decay)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
@@ -122,17 +129,19 @@ class TransferClassifier(pl.LightningModule):
         return logits.argmax(dim=1)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """``head`` and ``backbone`` groups of trainable parameters, with their learning-rate scale.
+        """The backbone's groups of trainable parameters (``stage_plan``), then ``head``, with their rate scale.
 
-        The backbone group exists even while the backbone is frozen (empty), unless the mode's
-        backbone never trains: see ``transferlab.model.modes``.
+        A backbone group exists even while its stages are frozen (empty), unless they never train: see
+        ``transferlab.model.modes``.
         """
-        trainable = lambda module: [p for p in module.parameters() if p.requires_grad]
-        groups = [{"name": "head", "params": trainable(self.head), "lr_scale": 1.0}]
-        if get_mode(self.hparams.mode).backbone_trains:
-            groups.insert(0, {"name": BACKBONE_GROUP, "params": trainable(self.backbone),
-                              "lr_scale": self.hparams.backbone_lr_ratio})
-        return groups
+        groups: dict[str, dict[str, Any]] = {}
+        for planned in self.stage_plan:
+            if planned.group is not None:
+                group = groups.setdefault(planned.group, {"name": planned.group, "params": [],
+                                                          "lr_scale": planned.lr_scale})
+                group["params"] += [p for p in planned.stage.parameters(self.backbone) if p.requires_grad]
+        head = [p for p in self.head.parameters() if p.requires_grad]
+        return [*groups.values(), {"name": "head", "params": head, "lr_scale": 1.0}]
 
     # True when the hyper-parameters come from a checkpoint (load_from_checkpoint, checkpoint.load_classifier)
     # rather than from the user's config: configure_optimizers then instantiates only CHECKPOINT_TARGETS.
@@ -147,7 +156,8 @@ class TransferClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         groups = self.param_groups()
-        optimizer_partial = instantiate(self._trusted("optimizer", self.hparams.optimizer)
+        optimizer_config = {key: value for key, value in (self.hparams.optimizer or {}).items() if key != "layer_decay"}
+        optimizer_partial = instantiate(self._trusted("optimizer", optimizer_config)
                                         or {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 1e-3})
         base_lr = optimizer_partial.keywords["lr"]
         for group in groups:
