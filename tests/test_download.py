@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -607,3 +608,46 @@ def test_temporaries_of_dead_processes_are_removed_and_of_live_ones_kept(server:
     finally:
         live.kill()
         live.wait()
+
+
+@pytest.mark.parametrize("kind", ["bz2", "xz"])  # gzip's CRC is only checked at its end, which tarfile never reads
+def test_an_archive_damaged_in_the_middle_is_called_damaged(
+    broken: BrokenServer, dest: Path, tmp_path: Path, kind: str
+) -> None:
+    archive = tmp_path / f"full.{kind}"
+    with tarfile.open(archive, f"w:{kind}") as tf:
+        for name, data in BIG_FILES.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    data = bytearray(archive.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)  # every byte there, some of them wrong
+    broken.routes["/damaged"] = ({"Content-Length": str(len(data))}, bytes(data))
+
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(broken.url("/damaged"), dest, FOLDER, progress=False)
+
+    assert f"The archive downloaded from {broken.url('/damaged')} is truncated or damaged" in str(err.value)
+    assert_nothing_left(dest)
+
+
+def test_a_full_disk_while_downloading_is_named_not_called_offline(
+    server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_zip(server.root / "data.zip", {f"{FOLDER}/train/a/1.jpg": b"x" * 100})
+    real_open = Path.open
+
+    def no_space_for_partials(self: Path, mode: str = "r", *args, **kwargs):
+        if self.name.endswith(".partial") and "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", no_space_for_partials)
+    with pytest.raises(DownloadError) as err:
+        fetch_dataset(server.url("data.zip"), dest, FOLDER, progress=False)
+
+    message = str(err.value)
+    assert f"Could not write the data set from {server.url('data.zip')} into {dest}: No space left" in message
+    assert "offline" not in message and "paths.data_dir" in message
+    assert_nothing_left(dest)

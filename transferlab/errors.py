@@ -1,4 +1,4 @@
-"""The one exception type that means "the user's input or setup needs fixing"."""
+"""The exception types that mean "the user's input or setup needs fixing"."""
 
 
 class ConfigError(ValueError):
@@ -7,3 +7,7 @@ class ConfigError(ValueError):
     The command-line entry points print these as one paragraph and exit non-zero, without a
     traceback, because the fix lies with the user rather than in the code.
     """
+
+
+class DownloadError(ConfigError):
+    """A data set could not be downloaded, verified or extracted."""

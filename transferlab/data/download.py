@@ -4,34 +4,25 @@
 every byte the server announced, hashes it, extracts it into a temporary directory there and
 renames the data-set folder into place; the temporaries go on success and on every error, and
 those of a killed process (named by :func:`transferlab.files.temporary_name`) on the next call, so
-no half data set is ever left. Member safety is the standard library's: tar goes through
-``filter="data"``, and ``zipfile`` never writes outside its target nor creates links. Refused here
-is only what those would let through *silently* as a different data set: zip names zipfile
-rewrites, zip links it writes as files, absolute tar names the filter strips, and links out of the
-data-set folder (the filter only guards the extraction directory).
+no half data set is ever left. Extraction and its safety rules are in :mod:`transferlab.data.archives`.
 """
 
 from __future__ import annotations
 
-import gzip
+import errno
 import hashlib
 import http.client
 import logging
-import lzma
 import os
 import shutil
-import stat
-import sys
-import tarfile
 import urllib.error
 import urllib.request
-import zipfile
-import zlib
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PureWindowsPath
 
 from tqdm import tqdm  # a dependency of lightning
 
-from transferlab.errors import ConfigError
+from transferlab.data.archives import extract_archive, unwritable
+from transferlab.errors import DownloadError
 from transferlab.files import remove_stale_temporaries, temporary_name
 
 __all__ = ["DownloadError", "fetch_dataset"]
@@ -39,15 +30,9 @@ __all__ = ["DownloadError", "fetch_dataset"]
 log = logging.getLogger(__name__)
 
 _CHUNK_SIZE = 1 << 20  # bytes downloaded or hashed per read: large enough to be fast, small enough for any RAM
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}  # not the network
 _TIMEOUT_S = 60  # a server silent this long fails the download instead of hanging it
-# How each archive format starts (tar: "ustar" at offset 257): a file that starts so but cannot be
-# read is a truncated or damaged archive, not an HTML page.
-_MAGIC = {"zip": (0, b"PK\x03\x04"), "gzip": (0, b"\x1f\x8b"), "bzip2": (0, b"BZh"),
-          "xz": (0, b"\xfd7zXZ\x00"), "tar": (257, b"ustar")}
 
-
-class DownloadError(ConfigError):
-    """A data set could not be downloaded, verified or extracted."""
 
 
 def fetch_dataset(
@@ -87,7 +72,7 @@ def fetch_dataset(
         extracted.mkdir()
         try:
             log.info("Extracting %s into %s", url, target)
-            _extract(url, archive, extracted, folder)
+            extract_archive(url, archive, extracted, folder)
             _move_into_place(_top_level_folder(url, extracted, folder), target)
         finally:
             shutil.rmtree(extracted, ignore_errors=True)
@@ -139,6 +124,8 @@ def _download(url: str, archive: Path, target: Path, progress: bool) -> None:
             "existing data-set folder."
         ) from exc
     except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+        if isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError) and exc.errno in _DISK_ERRNOS:
+            raise unwritable(url, partial.parent, exc) from exc
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise DownloadError(
             f"Could not download {url}: {reason}. The machine appears to be offline or the "
@@ -183,115 +170,6 @@ def _verify_sha256(url: str, archive: Path, expected: str | None) -> None:
             "may have returned an error page instead: check the url and your network/proxy "
             "settings, or, if you trust the new file, set data.download.sha256 to its hash."
         )
-
-
-def _refused(url: str, member: str, reason: str) -> DownloadError:
-    """The error for an archive member that is not extracted as it stands."""
-    return DownloadError(
-        f"Refusing to extract the archive downloaded from {url}: member {member!r} {reason}. "
-        "Nothing was kept. Check that the url points at the intended data set; if you trust the "
-        "archive, inspect and extract it by hand and point data.root at the result."
-    )
-
-
-def _extract_zip(url: str, archive: Path, into: Path) -> None:
-    """Extract a zip archive, refusing members that zipfile would rewrite rather than refuse."""
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            path = PureWindowsPath(info.filename)  # both separators, drives and UNC roots
-            if path.anchor:  # zipfile would drop the prefix and extract it elsewhere
-                raise _refused(url, info.filename, "has an absolute path")
-            if ".." in path.parts:  # zipfile would drop the '..' and flatten the path
-                raise _refused(url, info.filename, "has a '..' path component")
-            if stat.S_ISLNK(info.external_attr >> 16):  # Unix mode in the high 16 bits
-                reason = "is a symbolic link (zipfile would write a file holding its target)"
-                raise _refused(url, info.filename, reason)
-        zf.extractall(into)
-
-
-def _extract_tar(url: str, archive: Path, into: Path, folder: str) -> None:
-    """Extract a tar archive (any compression) through tarfile's "data" filter."""
-    # The filter resolves paths with os.path.realpath; on Pythons before 3.10.18 / 3.11.13 / 3.12.11
-    # crafted link chains slip past it (CVE-2025-4517). Those chains need a member whose path goes
-    # through a link of the archive, which no data set needs: such members are refused by name.
-    if not hasattr(tarfile, "data_filter"):
-        raise DownloadError(
-            f"The archive downloaded from {url} is a tar file, and this Python "
-            f"({sys.version.split()[0]}) lacks tarfile's extraction filters, without which it "
-            "cannot be extracted safely. Use Python 3.10.12, 3.11.4, 3.12 or newer, or extract "
-            "the archive by hand and point data.root at the result."
-        )
-    top = Path(os.path.realpath(into / folder))
-    links: set[PurePosixPath] = set()
-
-    def check(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
-        name = PurePosixPath(member.name)
-        if name.is_absolute():  # data_filter would silently strip the '/'
-            raise _refused(url, member.name, "has an absolute path")
-        if links.intersection(name.parents):
-            raise _refused(url, member.name, "has a path through a symbolic link of the archive")
-        if member.issym():
-            links.add(name)
-        try:
-            safe = tarfile.data_filter(member, path)
-        except tarfile.FilterError as exc:
-            raise _refused(url, member.name, f"is unsafe: {exc}") from exc
-        # data_filter keeps links inside the extraction directory; the data-set folder is what
-        # is moved into place, so a link in it must not point at a sibling of it either.
-        # realpath follows links already extracted, as data_filter does.
-        if safe.issym() or safe.islnk():
-            start = os.path.join(path, os.path.dirname(safe.name)) if safe.issym() else path
-            link = Path(os.path.realpath(os.path.join(path, safe.name)))
-            points_to = Path(os.path.realpath(os.path.join(start, safe.linkname)))
-            if link.is_relative_to(top) and not points_to.is_relative_to(top):
-                reason = f"links to {safe.linkname!r}, outside the data-set folder {folder!r}"
-                raise _refused(url, member.name, reason)
-        return safe
-
-    with tarfile.open(archive) as tf:
-        tf.extractall(into, filter=check)
-
-
-def _extract(url: str, archive: Path, into: Path, folder: str) -> None:
-    """Extract a zip or tar archive (detected by content) into the directory into."""
-    kind = _archive_kind(archive)
-    try:
-        if zipfile.is_zipfile(archive):
-            _extract_zip(url, archive, into)
-        elif tarfile.is_tarfile(archive):
-            _extract_tar(url, archive, into, folder)
-        elif kind is not None:
-            raise _damaged(url, kind, f"it cannot be read as a {'zip' if kind == 'zip' else 'tar'} archive")
-        else:
-            raise DownloadError(
-                f"The file downloaded from {url} is neither a zip nor a tar archive (it may be "
-                "an HTML error or login page). Check the url, or download the archive by hand "
-                "and point data.root at the extracted folder."
-            )
-    except RuntimeError as exc:  # zipfile: encrypted members
-        raise DownloadError(
-            f"The archive downloaded from {url} cannot be extracted ({exc}). Download and extract it by hand, "
-            "and point data.root at the extracted folder."
-        ) from exc
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
-        raise _damaged(url, kind, str(exc) or type(exc).__name__) from exc
-
-
-def _archive_kind(archive: Path) -> str | None:
-    """The archive format archive starts like (zip, gzip, bzip2, xz, tar), or None."""
-    with archive.open("rb") as fh:
-        head = fh.read(512)
-    return next((kind for kind, (at, magic) in _MAGIC.items() if head[at:at + len(magic)] == magic), None)
-
-
-def _damaged(url: str, kind: str | None, reason: str) -> DownloadError:
-    """The error for an archive that cannot be read to its end: mostly a download cut short."""
-    start = f"it starts as a {kind} file, but " if kind else ""
-    return DownloadError(
-        f"The archive downloaded from {url} is truncated or damaged: {start}{reason}. It was deleted; retry the "
-        "download. If it keeps failing, check the url and your network or proxy, or download and extract the "
-        "archive by hand and point data.root at the result."
-    )
 
 
 def _top_level_folder(url: str, extracted: Path, folder: str) -> Path:
