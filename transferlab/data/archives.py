@@ -93,6 +93,8 @@ def _extract_tar(url: str, archive: Path, into: Path, folder: str) -> None:
 
     with tarfile.open(archive) as tf:
         tf.extractall(into, filter=check)
+        while tf.fileobj.read(1 << 20):  # to the compressed stream's end, where gzip and xz check their CRC
+            pass
 
 
 def extract_archive(url: str, archive: Path, into: Path, folder: str) -> None:
