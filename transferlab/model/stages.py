@@ -99,13 +99,9 @@ def _family_rule(network: nn.Module, name: str) -> list[tuple[str, list[str]]]:
             split = _split_at_pools(container_path, container)
             if len(split) >= 2:
                 return split
-    top = ", ".join(n for n, _ in network.named_children())
-    raise ConfigError(
-        f"backbone {name} has no stage layout transferlab recognises (no features, trunk_output, encoder.layers, "
-        f"layers or blocks container with two or more blocks; its top-level modules are {top}). Set "
-        "backbone.stages to its stages' module paths from input to output, e.g. backbone.stages=[layer1,layer2], "
-        "or as ranges of a Sequential's children, e.g. backbone.stages=[features.0-4,features.5-9]."
-    )
+    raise _stages_error(network, f"backbone {name} has no stage layout transferlab recognises (no features, "
+                        "trunk_output, encoder.layers, layers or blocks container with two or more blocks)",
+                        "Set backbone.stages to its stages.")
 
 
 def _is_block(module: nn.Module) -> bool:
@@ -173,12 +169,18 @@ def _submodule(network: nn.Module, path: str, name: str, entry: str) -> nn.Modul
 
 
 def _bad_path(network: nn.Module, name: str, entry: str, why: str) -> ConfigError:
+    return _stages_error(network, f"backbone.stages entry {entry!r} does not name a part of backbone {name}: {why}",
+                         "A stage list written for another backbone.name does not fit this one: set "
+                         "backbone.stages=null to use the built-in rule, or list this backbone's stages.")
+
+
+def _stages_error(network: nn.Module, problem: str, fix: str) -> ConfigError:
+    """One paragraph: what is wrong, the network's top-level modules, the fix and how stages are written."""
     top = ", ".join(n for n, _ in network.named_children())
     return ConfigError(
-        f"backbone.stages entry {entry!r} does not name a part of backbone {name}: {why} (its top-level modules are "
-        f"{top}). List module paths from input to output (layer1, encoder.layers.encoder_layer_0) or ranges of a "
-        "Sequential's children (features.0-4, both ends included), or set backbone.stages=null to use the built-in "
-        "rule; a stage list written for another backbone.name does not fit this one."
+        f"{problem} (its top-level modules are {top}). {fix} backbone.stages lists module paths from input to "
+        "output (e.g. backbone.stages=[layer1,layer2,layer3,layer4]) or ranges of a Sequential's children, both "
+        "ends included (e.g. backbone.stages=[features.0-4,features.5-9])."
     )
 
 
