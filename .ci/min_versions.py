@@ -24,6 +24,7 @@ MODULES = {
     "pyyaml": "yaml",
     "hydra-submitit-launcher": "hydra_plugins.hydra_submitit_launcher",
     "hydra-joblib-launcher": "hydra_plugins.hydra_joblib_launcher",
+    "hydra-optuna-sweeper": "hydra_plugins.hydra_optuna_sweeper",
     "ruff": None,  # a binary, not a module: its installed metadata is checked instead
     "typing-extensions": None,  # has no __version__
 }

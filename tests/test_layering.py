@@ -1,4 +1,5 @@
-"""The package's layers import downwards only: base modules, then data, model, run, and cli on top."""
+"""The package's layers import downwards only: base modules, then data, model, run, cli, and the Python API
+(transferlab.api) on top."""
 
 import ast
 from pathlib import Path
@@ -6,13 +7,17 @@ from pathlib import Path
 import transferlab
 
 PACKAGE = Path(transferlab.__file__).parent
-LAYERS = ["base", "data", "model", "run", "cli"]  # each may import itself and those before it
-COMMANDS = {"train", "predict", "evaluate", "export", "report", "advise"}  # the python -m transferlab.<command> shims
+LAYERS = ["base", "data", "model", "run", "cli", "api"]  # each may import itself and those before it
+# the python -m transferlab.<command> shims
+COMMANDS = {"train", "predict", "evaluate", "export", "report", "advise", "serve", "find_lr"}
 
 
 def layer(module: str) -> str:
-    """``transferlab.data.scan`` -> ``data``; modules directly in the package are the base layer."""
+    """``transferlab.data.scan`` -> ``data``; ``transferlab.api`` -> ``api``; other modules directly in the package are
+    the base layer."""
     parts = module.split(".")
+    if parts[1:] == ["api"]:
+        return "api"
     return parts[1] if len(parts) > 2 and parts[1] in LAYERS else "base"
 
 

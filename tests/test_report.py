@@ -184,3 +184,37 @@ def test_an_override_hydra_cannot_parse_is_logged_and_kept_as_written(caplog):
     report_runs.parse_override.cache_clear()  # Hydra's reading is cached, and so logged once per override
     assert report_runs.parse_overrides(["model.name=a=b", "mode=scratch"]) == {"model.name": "a=b", "mode": "scratch"}
     assert "cannot parse the override 'model.name=a=b'" in caplog.text
+
+
+def test_an_optuna_search_names_its_best_trial_and_rounds_float_labels(tmp_path):
+    # What the Optuna sweeper leaves: trials with many-digit floats, and its best parameters beside them.
+    trials = [("0.005611516415334507", "partial", 0.7), ("1.7073967431528114e-06", "finetune", 0.9),
+              ("0.0010994335574766201", "partial", 0.8)]
+    for job, (lr, mode, acc) in enumerate(trials):
+        fake_run(tmp_path / "search" / str(job), [f"optimizer.lr={lr}", f"mode={mode}", "data.root=/a"], acc=acc)
+    (tmp_path / "search" / "optimization_results.yaml").write_text(
+        "name: optuna\nbest_params:\n  optimizer.lr: 1.7073967431528114e-06\n  mode: finetune\nbest_value: 0.9\n")
+    fake_run(tmp_path / "other" / "0", ["optimizer.lr=0.1", "mode=partial"], acc=0.5)
+    (tmp_path / "other" / "optimization_results.yaml").write_text(  # a best that no run here used
+        "name: optuna\nbest_params:\n  optimizer.lr: 0.2\nbest_value: 0.6\n")
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path / "search"), str(tmp_path / "other"), "--out", str(out)]) == 0
+
+    rows = read_csv(out / "summary.csv")
+    assert [row["label"] for row in rows] == ["optimizer.lr=1.71e-06 mode=finetune",
+                                              "optimizer.lr=0.0011 mode=partial", "optimizer.lr=0.00561 mode=partial",
+                                              "optimizer.lr=0.1 mode=partial"]
+    assert rows[0]["optimizer.lr"] == "1.7073967431528114e-06"  # the table file keeps every digit
+    markdown = (out / "summary.md").read_text()
+    assert [row.split("|")[2].strip() for row in table_rows(markdown)] == ["1.71e-06", "0.0011", "0.00561", "0.1"]
+    assert (f"- `{(tmp_path / 'search' / '1').resolve()}`, best val/acc 0.9000: "
+            "`optimizer.lr=1.7073967431528114e-06 mode=finetune`") in markdown
+    assert "objective 0.6, no run folder here used `optimizer.lr=0.2`" in markdown
+    runs, _ = report_runs.read_runs(report_runs.find_runs([tmp_path / "search"]))
+    assert lines_per_axes(runs)[0] == [run.label for run in runs]
+
+
+def test_only_floats_with_more_digits_than_a_label_shows_are_rounded():
+    assert [report_runs.readable(value) for value in ["0.0056115164153345", "-0.00012345", "0.1234", "0.001",
+                                                      "1.0", "12345", "1e-05", "nan", "true", "a,b"]] == [
+        "0.00561", "-0.000123", "0.123", "0.001", "1.0", "12345", "1e-05", "nan", "true", "a,b"]

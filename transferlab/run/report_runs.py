@@ -3,6 +3,7 @@
 import functools
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Overrides that never make a good label or column: data and output paths, Hydra's own settings.
 NOISE_KEYS = ("data.root", "paths.", "hydra.", "hydra/", "trainer.default_root_dir")
+SEARCH_RESULTS = "optimization_results.yaml"  # the Optuna sweeper's, in its sweep folder
+LABEL_DIGITS = 3  # significant digits of a float in labels: 0.0056115164153345 -> 0.00561
 
 
 @dataclass
@@ -219,10 +222,24 @@ def varying_settings(runs: Sequence[Run]) -> list[str]:
     return varying
 
 
+def readable(value: str) -> str:
+    """A setting as a label shows it: a float with more than ``LABEL_DIGITS`` significant digits rounded (Optuna
+    draws ``0.0056115164153345``), anything else as written (``1.0``, ``3``, ``finetune``)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    rounded = f"{number:.{LABEL_DIGITS}g}"
+    if value.lstrip("+-").isdigit() or not math.isfinite(number) or float(rounded) == number:
+        return value
+    return rounded
+
+
 def assign_labels(runs: Sequence[Run]) -> None:
-    """Label each run by its varying settings, else by its folder; a clash adds the parent folder's name."""
+    """Label each run by its varying settings (floats rounded), else by its folder; a clash adds the parent
+    folder's name."""
     for run in runs:
-        run.label = " ".join(f"{key}={value}" for key, value in run.settings.items()) or run.path.name
+        run.label = " ".join(f"{key}={readable(value)}" for key, value in run.settings.items()) or run.path.name
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.label] = counts.get(run.label, 0) + 1
@@ -246,3 +263,41 @@ def read_runs(folders: Iterable[Path]) -> tuple[list[Run], list[str]]:
     keys = varying_settings(runs)
     assign_labels(runs)
     return sort_runs(runs), keys
+
+
+# Searches -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchBest:
+    """The best trial of an Optuna search (its sweep folder's ``optimization_results.yaml``) and its run folder."""
+
+    results_file: Path
+    params: dict[str, Any]
+    value: Any
+    run: Run | None  # None when no reported run used exactly these parameters
+
+
+def _same(text: str | None, value: Any) -> bool:
+    """Whether an override's value (as :func:`parse_overrides` writes it) is the parameter value Optuna saved."""
+    if text is None:
+        return False
+    try:
+        return float(text) == float(value)
+    except (TypeError, ValueError):
+        return text == _as_override(value)
+
+
+def search_bests(runs: Sequence[Run]) -> list[SearchBest]:
+    """For every sweep folder of ``runs`` where Optuna saved its best parameters, those and the run that used them
+    (the best such run when several did: ``runs`` come best first). A multi-objective study has no one best."""
+    found = []
+    for sweep_dir in dict.fromkeys(run.path.parent for run in runs):
+        content = _load_yaml(sweep_dir / SEARCH_RESULTS)
+        params = content.get("best_params") if isinstance(content, dict) else None
+        if not isinstance(params, dict):
+            continue
+        used = (run for run in runs if run.path.parent == sweep_dir
+                and all(_same(run.override_values.get(key), value) for key, value in params.items()))
+        found.append(SearchBest(sweep_dir / SEARCH_RESULTS, params, content.get("best_value"), next(used, None)))
+    return found
