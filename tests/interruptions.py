@@ -50,3 +50,17 @@ class PoisonAtBatch(pl.Callback):
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             with torch.no_grad():
                 pl_module.head[-1].weight.fill_(float("nan"))
+
+
+class ZeroLearningRateFrom(pl.Callback):
+    """Train at learning rate 0 from ``epoch`` on (every group, every step): the weights stop changing, so in a
+    run whose frozen backbone has no BatchNorm in training mode, val/loss stays exactly where it was."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch >= self.epoch:
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = 0.0

@@ -15,6 +15,9 @@ SKIPPED = "skipped.txt"
 TRAINABILITY = "trainability.md"  # which backbone stages train, when, in which optimizer group at which rate
 ADVICE_JSON = "advice.json"  # python -m transferlab.advise: its measurements and recommendations
 ADVICE_MD = "advice.md"  # the same as the printed Markdown report
+LR_FIND_JSON = "lr_find.json"  # the learning-rate finder: its suggestion, range and curve (lrs, losses)
+LR_FIND_PNG = "lr_find.png"  # the same curve, loss against learning rate, the suggestion marked
+PREDICTIONS = "predictions.csv"  # python -m transferlab.predict's CSV when output= is not given
 LOCK = ".lock"  # held by the live run (transferlab.run.folder); left behind, it marks a folder a run started in
 
 

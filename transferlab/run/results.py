@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -81,14 +82,22 @@ class RunSummary(Callback):
                 logger.log_hyperparams(hyperparameters, metrics)
 
     def summarise(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """The figures of ``results.json``; best epoch is the first with the highest val accuracy."""
+        """The figures of ``results.json``; best epoch is the first with the highest val accuracy.
+
+        ``stopped_early``: an ``EarlyStopping`` callback ended the run at ``stopped_epoch`` (the last epoch run).
+        """
         best = max(self.history, key=lambda h: h["val_acc"], default=None)
         checkpoint = trainer.checkpoint_callback
         best_path = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        stopper = trainer.early_stopping_callback
+        stopped = stopper is not None and stopper.stopping_reason != EarlyStoppingReason.NOT_STOPPED
         return {
             **self.run_info,
             "classes": list(pl_module.hparams.class_names),
+            "lr": (pl_module.hparams.get("optimizer") or {}).get("lr"),  # optimizer.lr; each group at it x its scale
             "epochs_run": trainer.current_epoch,
+            "stopped_early": stopped,
+            "stopped_epoch": stopper.stopped_epoch if stopped else None,
             "best_epoch": best["epoch"] if best else None,
             "best_val_acc": best["val_acc"] if best else None,
             "best_val_loss": min((h["val_loss"] for h in self.history), default=None),
