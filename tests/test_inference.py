@@ -17,7 +17,7 @@ from conftest import compose_config, make_image_folder, png_header
 from transferlab.cli.evaluate import evaluate, evaluation_set, save_confusion_png
 from transferlab.cli.evaluate import main as evaluate_main
 from transferlab.cli.export import export_model, load_exported
-from transferlab.cli.predict import list_images, predict_files, write_csv
+from transferlab.cli.predict import list_images, predict, predict_files, write_csv
 from transferlab.cli.predict import main as predict_main
 from transferlab.cli.train import train
 from transferlab.errors import ConfigError
@@ -134,6 +134,25 @@ def test_unreadable_files_are_error_rows_not_crashes(model, image_folder, tmp_pa
         assert sum(p for _, p in rows[good].top_k) == pytest.approx(1.0, abs=1e-5)
     single = predict_files(model, list_images(folder / "good.png"), top_k=1)
     assert len(single) == 1 and single[0].label == rows["good.png"].label and len(single[0].top_k) == 1
+
+
+def test_predict_writes_into_the_checkpoints_run_folder_unless_output_names_a_file(trained, image_folder, tmp_path,
+                                                                                  monkeypatch):
+    run_dir, _, best = trained
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.chdir(working)
+    options = {"input": str(image_folder / "val" / "red"), "top_k": 1, "batch_size": 12, "num_workers": 0,
+               "device": "cpu"}
+    loose = tmp_path / "models" / "colours.ckpt"  # a checkpoint kept outside any run folder
+    loose.parent.mkdir()
+    os.symlink(best, loose)
+    for ckpt, output, written in ((best, None, run_dir / "predictions.csv"),
+                                  (loose, None, loose.parent / "predictions.csv"),
+                                  (best, str(tmp_path / "elsewhere" / "red.csv"), tmp_path / "elsewhere" / "red.csv")):
+        assert predict(args(ckpt=str(ckpt), output=output, **options)) == written
+        assert len(read_csv(written)) == 12
+    assert list(working.iterdir()) == []
 
 
 def test_predict_and_evaluate_refuse_images_over_the_pixel_limit_and_name_it(trained, model, image_folder, tmp_path):
@@ -299,8 +318,9 @@ def test_command_lines_run_end_to_end(trained, image_folder, tmp_path):
 
     out = run("transferlab.cli.predict", f"ckpt={best}", f"input={image_folder / 'val'}", "top_k=2", "num_workers=0",
               "device=cpu")
-    rows = read_csv(tmp_path / "preds.csv")  # default output: the working directory
-    assert len(rows) == 36 and "Predicted 36 image(s)" in out
+    rows = read_csv(run_dir / "predictions.csv")  # default output: the checkpoint's run folder
+    assert len(rows) == 36 and f"Predicted 36 image(s) on cpu: {run_dir / 'predictions.csv'}" in out
+    assert not list(tmp_path.glob("*.csv"))  # nothing written into the working directory
     out = run("transferlab.cli.evaluate", f"ckpt={best}", f"data.root={image_folder}", f"output={tmp_path / 'ev'}",
               "num_workers=0", "device=cpu")
     assert f"accuracy {results['best_val_acc']:.4f}" in out and "confusion matrix" in out

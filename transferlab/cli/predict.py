@@ -1,15 +1,17 @@
-"""Batch inference: ``python -m transferlab.predict ckpt=PATH input=DIR_OR_FILE [top_k=3] [output=preds.csv]``.
+"""Batch inference: ``python -m transferlab.predict ckpt=PATH input=DIR_OR_FILE [top_k=3] [output=FILE.csv]``.
 
 Every image file under ``input`` (recursively; hidden files and folders skipped), or the one file
 ``input`` names, goes through the checkpoint's own preprocessing; the CSV has one row per file:
-``path,label,score,top_k,error``.
+``path,label,score,top_k,error``. It goes to ``output=``, by default ``predictions.csv`` in the
+checkpoint's run folder (``<run>/predictions.csv`` for ``<run>/checkpoints/best.ckpt``; beside a
+checkpoint kept anywhere else), never into the working directory unasked.
 A file that cannot be read or decoded, or has more pixels than ``max_image_pixels`` (null: PIL's
 decompression-bomb limit, as in training), is a row with its ``error`` filled in, not a crash.
 """
 
 import csv
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,10 +23,12 @@ from transferlab.data.folders import IMG_EXTENSIONS, image_files, loader_workers
 from transferlab.data.images import PixelLimit
 from transferlab.errors import ConfigError
 from transferlab.files import atomic_path
+from transferlab.layout import PREDICTIONS, run_folder
 from transferlab.model.checkpoint import load_classifier, preprocessing
 from transferlab.model.module import TransferClassifier
+from transferlab.model.prediction import Prediction, failure, rank
 
-USAGE = ("python -m transferlab.predict ckpt=PATH input=DIR_OR_FILE [top_k=3] [output=preds.csv] "
+USAGE = ("python -m transferlab.predict ckpt=PATH input=DIR_OR_FILE [top_k=3] [output=FILE.csv] "
          "[batch_size=32] [num_workers=null] [device=auto|cpu|cuda] [max_image_pixels=null]")
 CSV_COLUMNS = ("path", "label", "score", "top_k", "error")
 
@@ -34,31 +38,11 @@ class PredictArgs:
     ckpt: str = MISSING  # a transferlab checkpoint (checkpoints/best.ckpt of a run)
     input: str = MISSING  # an image file, or a folder searched recursively for image files
     top_k: int = 3  # classes listed per image in the top_k column (at most the number of classes)
-    output: str = "preds.csv"
+    output: str | None = None  # null: predictions.csv in the checkpoint's run folder (see default_output)
     batch_size: int = 32
     num_workers: int | None = None  # null: the cores available, at most 8
     device: str = "auto"
     max_image_pixels: int | None = None  # larger images are error rows; null: PIL's limit (89,478,485)
-
-
-@dataclass
-class Prediction:
-    """One input file: its best class and score (softmax probability), the top k, or why it failed."""
-
-    path: str
-    label: str = ""
-    score: float | None = None
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    error: str = ""
-
-    def csv_row(self) -> dict[str, str]:
-        return {
-            "path": self.path,
-            "label": self.label,
-            "score": "" if self.score is None else f"{self.score:.6f}",
-            "top_k": ";".join(f"{name}:{probability:.4f}" for name, probability in self.top_k),
-            "error": self.error,
-        }
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -91,8 +75,7 @@ class ImageFiles(Dataset):
         try:
             return self.transform(self.limit.load_rgb(self.files[index])), ""
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-            reason = " ".join(f"{type(error).__name__}: {error}".split())
-            return torch.zeros(self.shape), reason
+            return torch.zeros(self.shape), failure(error)
 
 
 @torch.inference_mode()
@@ -107,7 +90,6 @@ def predict_files(model: TransferClassifier, files: Sequence[Path], top_k: int =
     device = torch.device(device)
     model = model.to(device).eval()
     class_names = list(model.hparams.class_names)
-    top_k = min(top_k, len(class_names))
     inputs = preprocessing(model)
     limit = PixelLimit(max_image_pixels, "max_image_pixels")
     loader = DataLoader(ImageFiles(files, inputs.eval_transform(), inputs.input_shape, limit), batch_size=batch_size,
@@ -119,11 +101,8 @@ def predict_files(model: TransferClassifier, files: Sequence[Path], top_k: int =
         readable = [index for index, error in enumerate(errors) if not error]
         if readable:
             logits = model(images[readable].to(device, non_blocking=True))
-            probabilities, classes = logits.float().softmax(dim=1).topk(top_k, dim=1)
-            for index, row_probabilities, row_classes in zip(readable, probabilities.tolist(), classes.tolist(),
-                                                             strict=True):
-                batch[index].top_k = [(class_names[c], p) for c, p in zip(row_classes, row_probabilities, strict=True)]
-                batch[index].label, batch[index].score = batch[index].top_k[0]
+            for index, ranked in zip(readable, rank(logits, class_names, top_k), strict=True):
+                batch[index] = replace(ranked, path=batch[index].path)
         predictions += batch
     return predictions
 
@@ -138,6 +117,11 @@ def write_csv(predictions: Sequence[Prediction], path: str | Path) -> Path:
     return path
 
 
+def default_output(checkpoint: str | Path) -> Path:
+    """``<run>/predictions.csv`` for ``<run>/checkpoints/X.ckpt``; for a checkpoint kept elsewhere, beside it."""
+    return run_folder(checkpoint) / PREDICTIONS
+
+
 def predict(cfg: DictConfig) -> Path:
     """Run the command-line configuration; returns the CSV written."""
     device = resolve_device(cfg.device)
@@ -145,7 +129,7 @@ def predict(cfg: DictConfig) -> Path:
     model = load_classifier(cfg.ckpt)
     workers = loader_workers(cfg.num_workers, "num_workers")
     predictions = predict_files(model, files, cfg.top_k, cfg.batch_size, workers, device, cfg.get("max_image_pixels"))
-    output = write_csv(predictions, cfg.output)
+    output = write_csv(predictions, cfg.get("output") or default_output(cfg.ckpt))
     failed = sum(1 for prediction in predictions if prediction.error)
     print(f"Predicted {len(predictions) - failed} image(s) on {device}"
           f"{f', {failed} could not be read (see the error column)' if failed else ''}: {output}")

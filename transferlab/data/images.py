@@ -4,6 +4,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -75,8 +76,9 @@ class PixelLimit:
         """``"too large: ..."`` for an image of ``pixels`` over the limit, else None."""
         return f"{TOO_LARGE}: {pixels:,} pixels > {self.describe()}" if pixels > self.pixels else None
 
-    def load_rgb(self, path: str | Path) -> Image.Image:
-        """``load_rgb``, refusing an image over the limit from its header, before decoding it.
+    def load_rgb(self, path: str | Path | BinaryIO) -> Image.Image:
+        """``load_rgb`` of a file or binary file object, refusing an image over the limit from its header, before
+        decoding it.
 
         Raises PIL's ``DecompressionBombError`` naming the file and the limit (PIL's own refuses only
         images over twice its limit, and names neither).
@@ -86,6 +88,6 @@ class PixelLimit:
         with image:
             reason = self.reason(image.width * image.height)
             if reason:
-                raise Image.DecompressionBombError(f"{path}: {reason}")
+                raise Image.DecompressionBombError(f"{path}: {reason}" if isinstance(path, str | Path) else reason)
             image.load()
             return to_rgb(image)
