@@ -112,7 +112,8 @@ def test_a_commands_own_help_passes_through(capsys, monkeypatch):
         console_main()
     assert exited.value.code == 0
     hydra_help = capsys.readouterr().out  # Hydra's own --help: the config groups and the composed config
-    assert "mode: feature_extract, finetune, gradual, partial, scratch" in hydra_help and "Powered by Hydra" in hydra_help
+    assert "mode: feature_extract, finetune, gradual, partial, scratch" in hydra_help
+    assert "Powered by Hydra" in hydra_help
     assert "optimizer:\n  _target_: torch.optim.SGD" in hydra_help
 
 def test_every_python_m_command_is_a_console_command():

@@ -9,10 +9,11 @@ from urllib.error import URLError
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import nn
 from torchvision.models import ResNet18_Weights, get_model
 
-from conftest import make_image_folder
+from conftest import compose_config, make_image_folder
 from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.errors import ConfigError
 from transferlab.model.backbones import build_backbone, is_weights_file, preprocessing_for
@@ -108,6 +109,26 @@ def test_vgg16_whole_classifier_replaced():
     built.network.eval()
     with torch.no_grad():
         assert built.network(torch.randn(1, 3, 32, 32)).shape == (1, 25088)
+
+
+@pytest.mark.parametrize("name, width, stages", [("efficientnet_b0", 1280, ["features.6", "features.7"]),
+                                                 ("mobilenet_v3_small", 1024, ["features.10", "features.11"])])
+def test_any_torchvision_name_builds_from_the_default_preset(tmp_path: Path, name, width, stages):
+    cfg = compose_config(tmp_path, f"backbone.name={name}", "mode=partial", "mode.trainable_stages=2")
+    assert cfg.backbone.weights is None  # FAST: random init, nothing downloaded
+    model = instantiate(cfg.model, class_names=["a", "b"])  # the classifier and stages found from the network
+    assert model.head[-1].in_features == width
+    assert [p.stage.name for p in model.stage_plan if p.start_epoch is not None] == stages
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_a_preset_classifier_that_another_architecture_lacks_says_how_to_fix_it(tmp_path: Path):
+    cfg = compose_config(tmp_path, "backbone=vgg16", "backbone.name=resnet18").backbone
+    with pytest.raises(ConfigError, match=r"backbone.classifier='classifier' is not a submodule of resnet18 .*"
+                       r"backbone.classifier=null to replace resnet18's last nn.Linear \(fc\)"):
+        build_backbone(cfg.name, cfg.weights, cfg.classifier)
 
 
 # --- named weights from the hub cache --------------------------------------------------------------

@@ -14,7 +14,10 @@ from conftest import FAST, train_cli
         ("data.root={missing}", "does not exist", 2),
         ("backbone.weights=IMAGENET9K", "is not a weights name of resnet18", 2),
         ("backbone.weights={garbage}", "is not a PyTorch file", 2),  # raised while Hydra builds the model
-        ("mode=frozen", "Available options in 'mode'", 1),  # Hydra's own composition error
+        # a config-group choice conf/ lacks, checked before Hydra composes (its MissingConfigException is long);
+        # sweeps and the other groups: test_config.py
+        ("mode=finetun", "transferlab.train: error: mode=finetun: there is no conf/mode/finetun.yaml. Did you mean "
+         "finetune? The choices of mode are: feature_extract, finetune, gradual, partial, scratch.\n", 2),
     ],
 )
 def test_bad_input_exits_with_a_message_not_a_traceback(tmp_path, image_folder, override, expected, exit_code):

@@ -9,7 +9,10 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from conftest import CONFIG_DIR
+from transferlab.cli.overrides import check_group_choices, exit_on_bad_choices, group_choices
+from transferlab.cli.train import CONFIG_DIR as TRAIN_CONFIG_DIR  # where the entry point reads conf/ from
 from transferlab.data.datamodule import ImageFolderDataModule
+from transferlab.errors import ConfigError
 from transferlab.model.modes import MODES
 
 GROUPS = ["data", "backbone", "head", "mode", "loss", "optimizer", "scheduler", "experiment"]
@@ -47,6 +50,7 @@ def test_resnet18_preset():
             == ("resnet18", "finetune", 4, 25))
     assert ((cfg.optimizer.lr, cfg.optimizer.momentum, cfg.scheduler.step_size, cfg.scheduler.gamma)
             == (0.001, 0.9, 7, 0.1))
+    assert cfg.backbone.classifier is None and cfg.backbone.stages is None  # fc, layer1..layer4: from the network
 
 
 def test_vgg16_preset():
@@ -71,6 +75,44 @@ def test_unknown_choice_lists_the_valid_ones(make_config, override, valid):
     with pytest.raises(ConfigCompositionException) as error:
         make_config(override)
     assert f"Available options in '{group}'" in str(error.value) and valid in str(error.value)
+
+
+def test_the_choice_check_knows_every_group_and_choice_of_the_entry_points_config_dir():
+    groups = {path.name for path in Path(TRAIN_CONFIG_DIR).iterdir() if path.is_dir() and any(path.glob("*.yaml"))}
+    assert set(group_choices(TRAIN_CONFIG_DIR)) == groups - {"hydra"} >= set(GROUPS)
+    valid = [f"{group}={choice}" for group, names in group_choices(TRAIN_CONFIG_DIR).items() for choice in names]
+    check_group_choices([*valid, "experiment=null", "~experiment", "+experiment=resnet18_finetune",
+                         "backbone.name=efficientnet_b0", "hydra/launcher=basic", "mode=glob(*)",
+                         "mode=scratch,finetune"], TRAIN_CONFIG_DIR)  # none refused
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["mode=finetun"], "mode=finetun: there is no conf/mode/finetun.yaml. Did you mean finetune? The choices of mode "
+                       "are: feature_extract, finetune, gradual, partial, scratch."),
+    (["optimizer=adamw", "scheduler=cosin"], "scheduler=cosin: there is no conf/scheduler/cosin.yaml. Did you mean "
+                                             "cosine? The choices of scheduler are: cosine, none, onecycle, step."),
+    (["mode=scratch,finetun"], "mode=scratch,finetun: there is no conf/mode/finetun.yaml. Did you mean finetune?"),
+    (["+experiment=resnet18_finetun"], "Did you mean resnet18_finetune? The choices of experiment are:"),
+    (["backbone=resnet101"], "backbone=resnet101: there is no conf/backbone/resnet101.yaml. resnet101 is a "
+                             "torchvision model without a preset: backbone.name=resnet101 builds it with the default "
+                             "preset (its classifier and stages found from the network). The choices of backbone "
+                             "are: resnet18, resnet50, torchvision, vgg16."),
+])
+def test_a_choice_conf_lacks_names_the_closest_and_every_valid_one(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        check_group_choices(overrides, TRAIN_CONFIG_DIR)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_command_line_check_exits_2_with_one_paragraph_before_hydra_composes(capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        exit_on_bad_choices("transferlab.train", ["-m", "mode=scratch,finetun", "data=image_folde"], TRAIN_CONFIG_DIR)
+    assert exit_code.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("transferlab.train: error: mode=scratch,finetun: there is no conf/mode/finetun.yaml.")
+    assert "data=image_folde: there is no conf/data/image_folde.yaml. Did you mean image_folder?" in stderr
+    assert stderr.count("\n") == 1
+    exit_on_bad_choices("transferlab.train", ["-m", "mode=scratch,finetune"], TRAIN_CONFIG_DIR)  # no exit
 
 
 def test_every_mode_file_is_a_registered_mode_with_its_callback(make_config):

@@ -177,8 +177,12 @@ def test_visible_files_of_a_missing_folder_is_empty(tmp_path):
     assert visible_files(tmp_path / "missing") == [] and not has_images(tmp_path / "missing")
 
 
-def test_num_workers_default_is_the_available_cores_capped():
-    assert 1 <= default_num_workers() <= MAX_DEFAULT_WORKERS == 8
+@pytest.mark.parametrize("cores, expected", [(1, 1), (3, 3), (8, 8), (64, 8)])
+def test_num_workers_default_is_the_available_cores_capped(monkeypatch, cores, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)  # where the OS has no affinity
+    assert MAX_DEFAULT_WORKERS == 8
+    assert default_num_workers() == expected and loader_workers(None) == expected  # data.num_workers=null
 
 
 def test_more_loader_processes_than_cores_are_capped_with_a_warning(monkeypatch, caplog):

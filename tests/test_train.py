@@ -1,6 +1,7 @@
 """What a training run leaves behind: checkpoints, results.json, TensorBoard logs; and every optimizer/scheduler."""
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -68,12 +69,70 @@ def test_tensorboard_has_metrics_learning_rates_and_hyperparameters(finished_run
     assert "backbone: resnet18" in hparams and "batch_size: 12" in hparams
 
 
-@pytest.mark.parametrize("choice", ["optimizer=sgd", "optimizer=adam", "optimizer=adamw", "scheduler=step",
-                                    "scheduler=onecycle", "scheduler=cosine", "scheduler=none"])
-def test_every_optimizer_and_scheduler_trains(make_config, choice):
-    results = train(make_config(choice, "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
-                                "+trainer.limit_val_batches=1", "~callbacks.model_checkpoint"))
-    assert results["epochs_run"] == 1
+def one_cycle(lr: float, steps: int) -> list[float]:
+    """torch's OneCycleLR rates at each of ``steps`` steps, as conf/scheduler/onecycle.yaml sets it up."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.3)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+# 2 epochs of 1 batch at optimizer.lr=0.001: the optimizer, and the head's rate at each step
+SCHEDULES = {
+    "optimizer=sgd": ("SGD", [1e-3, 1e-3]),  # conf/scheduler/step.yaml decays after 7 epochs
+    "optimizer=adam": ("Adam", [1e-3, 1e-3]),
+    "optimizer=adamw": ("AdamW", [1e-3, 1e-3]),
+    "scheduler=step": ("SGD", [1e-3, 1e-4]),  # with scheduler.step_size=1: x0.1 after epoch 0
+    "scheduler=cosine": ("SGD", [1e-3, 5e-4]),  # T_max = 2 epochs: half-way down after epoch 0
+    "scheduler=onecycle": ("SGD", one_cycle(1e-3, 2)),  # stepped every batch
+    "scheduler=none": ("SGD", [1e-3, 1e-3]),
+}
+
+
+class StepProbe(pl.Callback):
+    """The optimizer, the head's rate at every training step, and the head's weights before and after fit."""
+
+    def __init__(self) -> None:
+        self.optimizer, self.rates, self.head = None, [], []
+
+    def on_train_start(self, trainer, pl_module):
+        self.optimizer = type(trainer.optimizers[0]).__name__
+        self.head.append(pl_module.head[-1].weight.detach().clone())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rates += [g["lr"] for g in trainer.optimizers[0].param_groups if g.get("name") == "head"]
+
+    def on_train_end(self, trainer, pl_module):
+        self.head.append(pl_module.head[-1].weight.detach().clone())
+
+
+@pytest.mark.parametrize("choice", list(SCHEDULES))
+def test_every_optimizer_and_scheduler_trains(make_config, choice, caplog, recwarn):
+    probe = StepProbe()
+    step_size = ["scheduler.step_size=1"] if choice == "scheduler=step" else []
+    lightning = logging.getLogger("lightning.pytorch")  # it keeps its own records from the root logger (and caplog)
+    lightning.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO):
+            results = train(make_config(choice, *step_size, "trainer.max_epochs=2", "+trainer.limit_train_batches=1",
+                                        "+trainer.limit_val_batches=1", "~callbacks.model_checkpoint",
+                                        "trainer.log_every_n_steps=50"), [probe])
+    finally:
+        lightning.removeHandler(caplog.handler)
+    optimizer, rates = SCHEDULES[choice]
+    assert results["epochs_run"] == 2 and probe.optimizer == optimizer
+    assert probe.rates == pytest.approx(rates, rel=1e-6)
+    assert not torch.equal(*probe.head)  # the head's weights moved
+    # the run starts from a random backbone (backbone.weights=null): the log says so and how to fix it
+    assert "mode=finetune with backbone.weights=null starts from a random backbone" in caplog.text
+    assert "or train from random init with mode=scratch" in caplog.text
+    # Lightning's own lines stay (caught here), its adverts and its short-epoch warning (1 batch < 50) do not
+    assert "GPU available" in caplog.text and "💡" not in caplog.text and "Tip:" not in caplog.text
+    assert not [w for w in recwarn if "smaller than the logging interval" in str(w.message)]
 
 
 def test_gradient_clipping_by_value_is_applied(make_config):
@@ -101,7 +160,7 @@ def test_default_data_set_is_downloaded_then_trained_on(tmp_path, image_folder, 
     assert server.requests == ["/hymenoptera_data.zip"]
 
 
-def test_transferlab_checkpoint_is_reused_as_backbone_weights(make_config, finished_run):
+def test_transferlab_checkpoint_is_reused_as_backbone_weights(make_config, finished_run, caplog):
     run_dir, results = finished_run
     probe = []
 
@@ -109,7 +168,10 @@ def test_transferlab_checkpoint_is_reused_as_backbone_weights(make_config, finis
         def on_fit_start(self, trainer, pl_module):
             probe.append({k: v.clone() for k, v in pl_module.state_dict().items()})
 
-    train(make_config(f"backbone.weights={results['best_checkpoint']}", "trainer.max_epochs=1"), [InitialWeights()])
+    with caplog.at_level(logging.WARNING):
+        train(make_config(f"backbone.weights={results['best_checkpoint']}", "trainer.max_epochs=1"),
+              [InitialWeights()])
+    assert "random backbone" not in caplog.text  # pretrained weights: no warning
     saved = torch.load(results["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     for key in ("backbone.conv1.weight", "backbone.layer4.1.bn2.running_var", "head.0.weight"):
         assert torch.equal(probe[0][key], saved[key]), key  # same classes: the head is reused too

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from transferlab.cli.args import resolve_device
+from transferlab.cli.overrides import exit_on_bad_choices
 from transferlab.cli.train import CONFIG_DIR, build
 from transferlab.data.datamodule import ImageFolderDataModule, stratified_sample
 from transferlab.data.features import frozen_features
@@ -51,9 +52,13 @@ class Candidate:
 
 
 def backbone_group(name: str) -> dict | None:
-    """``conf/backbone/NAME.yaml`` as a dict, or None when there is none."""
+    """``conf/backbone/NAME.yaml`` as a dict, over the presets it extends (its defaults), or None when there is none."""
     path = CONFIG_DIR / "backbone" / f"{name}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else None
+    if not path.is_file():
+        return None
+    group = OmegaConf.load(path)
+    bases = [backbone_group(base) or {} for base in group.pop("defaults", []) if base != "_self_"]
+    return OmegaConf.to_container(OmegaConf.merge(*bases, group))
 
 
 def candidates(cfg: DictConfig) -> list[Candidate]:
@@ -181,9 +186,16 @@ def advise(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any
     return content
 
 
+def main() -> None:
+    """``python -m transferlab.advise``: a config-group choice that conf/ lacks ends with exit code 2 before Hydra
+    composes (see ``transferlab.cli.overrides``); then Hydra runs ``run``."""
+    exit_on_bad_choices("transferlab.advise", sys.argv[1:], CONFIG_DIR)
+    run()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="advise")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point; bad input ends with its message and exit code 2."""
+def run(cfg: DictConfig) -> None:
+    """Hydra's task function; bad input ends with its message and exit code 2."""
     try:
         advise(cfg, list(HydraConfig.get().overrides.task))
     except ConfigError as error:

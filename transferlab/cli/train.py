@@ -4,6 +4,7 @@ import logging
 import signal
 import sys
 import traceback
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from transferlab.cli.overrides import exit_on_bad_choices
 from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.errors import ConfigError
 from transferlab.files import write_json_atomically
@@ -27,6 +29,7 @@ from transferlab.model.modes import Mode, get_mode
 from transferlab.model.module import TransferClassifier, class_weights
 from transferlab.ranks import check_launch, is_global_zero, log_to_console_only
 from transferlab.run import folder as run_folder
+from transferlab.run.console import quiet_lightning
 from transferlab.run.folder import RunFolderError
 from transferlab.run.guards import FiniteLoss
 from transferlab.run.results import RunSummary
@@ -36,8 +39,8 @@ from transferlab.run.trainability import Trainability
 
 log = logging.getLogger(__name__)
 
-# the repository's conf/, absolute: the entry point is imported
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+# conf/, installed as the package transferlab.conf (the repository's conf/ itself in an editable install)
+CONFIG_DIR = Path(str(resources.files("transferlab.conf")))
 
 
 USER_ERRORS = (ConfigError, MisconfigurationException)  # what the user can fix: a message and exit code 2
@@ -93,15 +96,25 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
 
 
 def _train(cfg: DictConfig, output_dir: Path, callbacks: list[Callback] | None) -> dict[str, Any]:
+    quiet_lightning()
+    from transferlab.cli.find_lr import learning_rate  # here: find_lr builds its pieces with this module's functions
+
+    cfg, found = learning_rate(cfg, output_dir)  # optimizer.lr=find: searched first, then training seeds as usual
     pl.seed_everything(cfg.seed, workers=True)
     check_name(cfg.backbone.name)
     mode = get_mode(cfg.mode.name)
+    if mode.pretrained and cfg.backbone.weights is None:
+        log.warning("mode=%s with backbone.weights=null starts from a random backbone, so it transfers nothing and "
+                    "comparing it with other modes says nothing. HINT: start from pretrained weights "
+                    "(backbone.weights=DEFAULT, or a weights file) or train from random init with mode=scratch.",
+                    mode.name)
     datamodule = build_datamodule(cfg, output_dir)
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg, datamodule)
     summary = RunSummary(output_dir / RESULTS, {"backbone": cfg.backbone.name, "mode": mode.name,
-                                                 "weights": model.hparams.weights})
+                                                 "weights": model.hparams.weights,
+                                                 "lr_find": found.record() if found else None})
     interruption = RestartInterruptedEpoch(output_dir)
     safety = [RandomState(), interruption, FiniteLoss(output_dir)]
     configured = build_callbacks(cfg, mode, datamodule)
@@ -142,9 +155,16 @@ def record_failure(output_dir: Path, error: BaseException) -> None:
     })
 
 
+def main() -> None:
+    """``python -m transferlab.train``: a config-group choice that conf/ lacks (``mode=finetun``) ends with one
+    paragraph and exit code 2 before Hydra composes; then Hydra runs ``run``."""
+    exit_on_bad_choices("transferlab.train", sys.argv[1:], CONFIG_DIR)
+    run()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns best val/acc for sweepers that optimise it.
+def run(cfg: DictConfig) -> float | None:
+    """Hydra's task function; returns best val/acc for sweepers that optimise it.
 
     In a multirun, a failed run is recorded and logged and the sweep goes on; a single run
     exits non-zero (2 for bad input, with its message and no traceback).

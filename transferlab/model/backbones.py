@@ -162,7 +162,13 @@ def _classifier_width(model: nn.Module, path: str, name: str) -> int:
     try:
         classifier = model.get_submodule(path)
     except AttributeError:
-        raise ConfigError(f"backbone.classifier={path!r} is not a submodule of {name}.") from None
+        top = ", ".join(child for child, _ in model.named_children())
+        raise ConfigError(
+            f"backbone.classifier={path!r} is not a submodule of {name} (its top-level modules are {top}): a "
+            "backbone preset names the classifier of its own architecture. Set backbone.classifier=null to replace "
+            f"{name}'s last nn.Linear ({_last_linear(model, name)}), or drop the backbone=... preset and keep "
+            f"backbone.name={name} (the default preset finds the classifier)."
+        ) from None
     linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ConfigError(
