@@ -26,6 +26,7 @@ MODULES = {
     "hydra-joblib-launcher": "hydra_plugins.hydra_joblib_launcher",
     "hydra-optuna-sweeper": "hydra_plugins.hydra_optuna_sweeper",
     "python-multipart": "python_multipart",
+    "pytest-xdist": "xdist",
     "ruff": None,  # a binary, not a module: its installed metadata is checked instead
     "typing-extensions": None,  # has no __version__
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
@@ -24,6 +25,19 @@ from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.data.transforms import Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def share_cores_between_workers() -> None:
+    """Under pytest-xdist (``-n``), each worker gets its share of the cores for torch, and so do the processes the
+    tests start (they inherit OMP_NUM_THREADS): two workers each spinning every core run several times slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+share_cores_between_workers()
 RESNET18 = Preprocessing.from_preset(ResNet18_Weights.DEFAULT.transforms())  # resize 256, crop 224
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 COLOURS = {"blue": (30, 40, 220), "green": (40, 200, 50), "red": (220, 40, 30)}
@@ -109,7 +123,6 @@ def make_config(tmp_path: Path, image_folder: Path) -> Callable[..., DictConfig]
 @pytest.fixture(scope="session")
 def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded, randomly initialised torchvision ResNet-18 state dict: 'pretrained' weights offline."""
-    import torch
     from torchvision.models import resnet18
 
     torch.manual_seed(0)
