@@ -93,6 +93,9 @@ def test_the_choice_check_knows_every_group_and_choice_of_the_entry_points_confi
                                              "cosine? The choices of scheduler are: cosine, none, onecycle, step."),
     (["mode=scratch,finetun"], "mode=scratch,finetun: there is no conf/mode/finetun.yaml. Did you mean finetune?"),
     (["+experiment=resnet18_finetun"], "Did you mean resnet18_finetune? The choices of experiment are:"),
+    (["data=image_folder", "data.root=~/photos"], "data.root=~/photos: Hydra's override grammar does not take '~' in "
+                                                   "a value, and the shell does not expand it after '='. Write "
+                                                   "data.root=$HOME/photos"),
     (["backbone=resnet101"], "backbone=resnet101: there is no conf/backbone/resnet101.yaml. resnet101 is a "
                              "torchvision model without a preset: backbone.name=resnet101 builds it with the default "
                              "preset (its classifier and stages found from the network). The choices of backbone "

@@ -226,7 +226,8 @@ def test_only_global_rank_zero_counts_as_rank_zero(monkeypatch, rank, node, expe
 ])
 def test_only_rank_zero_writes_the_data_files_and_failure_json(tmp_path, monkeypatch, rank, written):
     """split.json, scan.json, skipped.txt, failure.json (results.json and checkpoints: Lightning's rank zero)."""
-    from transferlab.cli.train import build_datamodule, record_failure
+    from transferlab.cli.build import build_datamodule
+    from transferlab.cli.train import record_failure
 
     images = make_image_folder(tmp_path / "images", per_class=4, splits=("train",))  # no val/: split.json
     (images / "train" / "blue" / "broken.png").write_bytes(b"not an image")  # skipped.txt

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import RESNET18, make_datamodule, make_image_folder, png_header
-from transferlab.cli.train import build_model, train
+from transferlab.cli.build import build_model
+from transferlab.cli.train import train
 from transferlab.data import scan
 from transferlab.errors import ConfigError
 from transferlab.model.module import class_weights

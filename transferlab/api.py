@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from transferlab.cli.args import resolve_device
-from transferlab.cli.overrides import check_group_choices
+from transferlab.cli.overrides import CONFIG_DIR, check_group_choices
 from transferlab.cli.predict import list_images, predict_files
-from transferlab.cli.train import CONFIG_DIR, train
+from transferlab.cli.train import train
 from transferlab.errors import ConfigError
 from transferlab.model.checkpoint import load_classifier
 from transferlab.model.module import TransferClassifier

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from transferlab.cli.args import resolve_device
-from transferlab.cli.overrides import exit_on_bad_choices
-from transferlab.cli.train import CONFIG_DIR, build
+from transferlab.cli.build import build
+from transferlab.cli.overrides import CONFIG_DIR, exit_on_bad_choices
 from transferlab.data.datamodule import ImageFolderDataModule, stratified_sample
 from transferlab.data.features import frozen_features
 from transferlab.errors import ConfigError

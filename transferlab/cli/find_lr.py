@@ -18,8 +18,8 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from transferlab.cli.overrides import exit_on_bad_choices
-from transferlab.cli.train import CONFIG_DIR, USER_ERRORS, build, build_callbacks, build_datamodule, build_model
+from transferlab.cli.build import USER_ERRORS, build, build_callbacks, build_datamodule, build_model
+from transferlab.cli.overrides import CONFIG_DIR, exit_on_bad_choices
 from transferlab.errors import ConfigError
 from transferlab.layout import LR_FIND_JSON, LR_FIND_PNG, last_checkpoint
 from transferlab.model.backbones import check_name

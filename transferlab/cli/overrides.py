@@ -6,6 +6,7 @@
 import difflib
 import sys
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 
 from hydra._internal.utils import get_args_parser
@@ -15,6 +16,10 @@ from hydra.errors import HydraException
 
 from transferlab.errors import ConfigError
 from transferlab.model.backbones import classification_models
+
+# conf/, installed as the package transferlab.conf (the repository's conf/ itself in an editable install): where every
+# Hydra entry point reads its configuration
+CONFIG_DIR = Path(str(resources.files("transferlab.conf")))
 
 # Hydra's own groups (hydra/launcher, hydra/sweeper, hydra/job_logging, ...) also take choices from installed plugins,
 # which no folder lists: Hydra checks those itself.
@@ -80,7 +85,12 @@ def exit_on_bad_choices(prog: str, argv: Sequence[str], config_dir: str | Path) 
 def _parse(override: str) -> Override | None:
     try:
         return OverridesParser.create().parse_override(override)
-    except HydraException:  # Hydra reports it with its own message
+    except HydraException:  # Hydra reports it with its own message, but for a home folder written as ~
+        key, _, value = override.partition("=")
+        if value.startswith("~"):
+            raise ConfigError(f"{override}: Hydra's override grammar does not take '~' in a value, and the shell "
+                              f"does not expand it after '='. Write {key}=$HOME{value[1:]} (the shell expands "
+                              "$HOME), or a relative path.") from None
         return None
 
 

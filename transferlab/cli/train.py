@@ -4,29 +4,24 @@ import logging
 import signal
 import sys
 import traceback
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from transferlab.cli.overrides import exit_on_bad_choices
-from transferlab.data.datamodule import ImageFolderDataModule
-from transferlab.errors import ConfigError
+from transferlab.cli.build import USER_ERRORS, build, build_callbacks, build_datamodule, build_model
+from transferlab.cli.find_lr import learning_rate
+from transferlab.cli.overrides import CONFIG_DIR, exit_on_bad_choices
 from transferlab.files import write_json_atomically
-from transferlab.layout import FAILURE, RESULTS, TRAINABILITY
-from transferlab.model.backbones import check_name, preprocessing_for
-from transferlab.model.modes import Mode, get_mode
-from transferlab.model.module import TransferClassifier, class_weights
+from transferlab.layout import FAILURE, RESULTS
+from transferlab.model.backbones import check_name
+from transferlab.model.modes import get_mode
 from transferlab.ranks import check_launch, is_global_zero, log_to_console_only
 from transferlab.run import folder as run_folder
 from transferlab.run.console import quiet_lightning
@@ -34,55 +29,9 @@ from transferlab.run.folder import RunFolderError
 from transferlab.run.guards import FiniteLoss
 from transferlab.run.results import RunSummary
 from transferlab.run.resume import AtomicCheckpointIO, RandomState, RestartInterruptedEpoch, checkpoint_to_resume
-from transferlab.run.speed import compiled, use_channels_last
-from transferlab.run.trainability import Trainability
+from transferlab.run.speed import compiled
 
 log = logging.getLogger(__name__)
-
-# conf/, installed as the package transferlab.conf (the repository's conf/ itself in an editable install)
-CONFIG_DIR = Path(str(resources.files("transferlab.conf")))
-
-
-USER_ERRORS = (ConfigError, MisconfigurationException)  # what the user can fix: a message and exit code 2
-
-
-def build(config: Any, **kwargs: Any) -> Any:
-    """``instantiate(config, **kwargs)``, with a user error raised inside it unwrapped from Hydra's
-    ``InstantiationException``, so that it ends the run with its own message (a bad weights file while
-    the model is built, ``trainer.accelerator=cuda`` on a machine without a GPU)."""
-    try:
-        return instantiate(config, **kwargs)
-    except InstantiationException as error:
-        if isinstance(error.__cause__, USER_ERRORS):
-            raise error.__cause__ from None
-        raise
-
-
-def build_callbacks(cfg: DictConfig, mode: Mode, datamodule: ImageFolderDataModule) -> list[Callback]:
-    """The configured callbacks, the mode's freeze callback, the trainability table and the data's feature cache,
-    where they apply."""
-    callbacks = [build(node) for node in cfg.get("callbacks", {}).values() if node is not None]
-    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
-        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
-    extra = [mode.callback(cfg.mode), Trainability(Path(cfg.paths.output_dir) / TRAINABILITY),  # after the freeze
-             datamodule.feature_cache(backbone_trains=mode.backbone_trains(cfg.mode))]
-    return callbacks + [callback for callback in extra if callback is not None]
-
-
-def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule:
-    """The configured data module, its preprocessing from the weights the backbone starts from."""
-    weights = get_mode(cfg.mode.name).initial_weights(cfg.backbone.weights)
-    make_datamodule = build(cfg.data, _partial_=True)  # partial: the preprocessing stays an object
-    return make_datamodule(preprocessing=preprocessing_for(cfg.backbone.name, weights), seed=cfg.seed,
-                           run_dir=str(output_dir))
-
-
-def build_model(cfg: DictConfig, datamodule: ImageFolderDataModule) -> TransferClassifier:
-    """The configured LightningModule, completed with what the data and the machine decide."""
-    return build(cfg.model, class_names=datamodule.class_names,
-                       class_weights=class_weights(cfg.loss.class_weights, datamodule.class_counts),
-                       preprocessing=datamodule.preprocessing.to_dict(),
-                       channels_last=use_channels_last(cfg.channels_last, cfg.trainer))
 
 
 def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str, Any]:
@@ -97,7 +46,6 @@ def train(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict[str,
 
 def _train(cfg: DictConfig, output_dir: Path, callbacks: list[Callback] | None) -> dict[str, Any]:
     quiet_lightning()
-    from transferlab.cli.find_lr import learning_rate  # here: find_lr builds its pieces with this module's functions
 
     cfg, found = learning_rate(cfg, output_dir)  # optimizer.lr=find: searched first, then training seeds as usual
     pl.seed_everything(cfg.seed, workers=True)

@@ -1,0 +1,62 @@
+"""Building a run's pieces from its config: the data module, the model, the callbacks, each through Hydra's
+``instantiate`` with what the data and the machine decide at run time. Training and the learning-rate finder build
+the same way."""
+
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback, ProgressBar
+from omegaconf import DictConfig
+
+from transferlab.data.datamodule import ImageFolderDataModule
+from transferlab.errors import ConfigError
+from transferlab.layout import TRAINABILITY
+from transferlab.model.backbones import preprocessing_for
+from transferlab.model.modes import Mode, get_mode
+from transferlab.model.module import TransferClassifier, class_weights
+from transferlab.run.speed import use_channels_last
+from transferlab.run.trainability import Trainability
+
+USER_ERRORS = (ConfigError, MisconfigurationException)  # what the user can fix: a message and exit code 2
+
+
+def build(config: Any, **kwargs: Any) -> Any:
+    """``instantiate(config, **kwargs)``, with a user error raised inside it unwrapped from Hydra's
+    ``InstantiationException``, so that it ends the run with its own message (a bad weights file while
+    the model is built, ``trainer.accelerator=cuda`` on a machine without a GPU)."""
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, USER_ERRORS):
+            raise error.__cause__ from None
+        raise
+
+
+def build_callbacks(cfg: DictConfig, mode: Mode, datamodule: ImageFolderDataModule) -> list[Callback]:
+    """The configured callbacks, the mode's freeze callback, the trainability table and the data's feature cache,
+    where they apply."""
+    callbacks = [build(node) for node in cfg.get("callbacks", {}).values() if node is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
+        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
+    extra = [mode.callback(cfg.mode), Trainability(Path(cfg.paths.output_dir) / TRAINABILITY),  # after the freeze
+             datamodule.feature_cache(backbone_trains=mode.backbone_trains(cfg.mode))]
+    return callbacks + [callback for callback in extra if callback is not None]
+
+
+def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule:
+    """The configured data module, its preprocessing from the weights the backbone starts from."""
+    weights = get_mode(cfg.mode.name).initial_weights(cfg.backbone.weights)
+    make_datamodule = build(cfg.data, _partial_=True)  # partial: the preprocessing stays an object
+    return make_datamodule(preprocessing=preprocessing_for(cfg.backbone.name, weights), seed=cfg.seed,
+                           run_dir=str(output_dir))
+
+
+def build_model(cfg: DictConfig, datamodule: ImageFolderDataModule) -> TransferClassifier:
+    """The configured LightningModule, completed with what the data and the machine decide."""
+    return build(cfg.model, class_names=datamodule.class_names,
+                       class_weights=class_weights(cfg.loss.class_weights, datamodule.class_counts),
+                       preprocessing=datamodule.preprocessing.to_dict(),
+                       channels_last=use_channels_last(cfg.channels_last, cfg.trainer))
