@@ -15,6 +15,8 @@ NOISE = (  # Lightning warnings with nothing for a transferlab user to fix (a re
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     # Lightning's own use of a torch API that torch deprecated (lightning/pytorch/utilities/_pytree.py)
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # frozen stages run in eval mode on purpose (feature_extract, partial, gradual): trainability.md lists them
+    r"Found \d+ module\(s\) in eval mode at the start of training",
 )
 
 
