@@ -61,10 +61,13 @@ def test_fit_load_predict_equals_the_console_predict_on_the_same_files(fitted, i
     listing.mkdir()
     for file in files:  # the same files, as a folder for the command line
         (listing / f"{file.parent.name}_{file.name}").symlink_to(file)
-    done = console("predict", f"ckpt={fitted.best_checkpoint}", f"input={listing}", "top_k=2",
-                   f"output={tmp_path / 'preds.csv'}", "device=cpu", cwd=tmp_path)
+    done = console("predict", f"ckpt={fitted.best_checkpoint}", f"input={listing}", "top_k=2", "device=cpu",
+                   cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    with (tmp_path / "preds.csv").open(newline="") as file:
+    written = fitted.run_dir / "predictions.csv"  # the default: the checkpoint's run folder, not the working folder
+    assert f"Predicted {len(files)} image(s) on cpu: {written}" in done.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["inputs"]
+    with written.open(newline="") as file:
         rows = {Path(row["path"]).name: row for row in csv.DictReader(file)}
     for file, prediction in zip(files, predictions, strict=True):
         row = rows[f"{file.parent.name}_{file.name}"]

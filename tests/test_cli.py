@@ -1,10 +1,13 @@
 """The real command line in a subprocess: clear errors on bad input (the multirun is in test_report.py)."""
 
 
+import sys
+
 import pytest
 import torch
 
 from conftest import FAST, train_cli
+from transferlab.cli.train import main as train_main
 
 
 @pytest.mark.slow
@@ -14,10 +17,6 @@ from conftest import FAST, train_cli
         ("data.root={missing}", "does not exist", 2),
         ("backbone.weights=IMAGENET9K", "is not a weights name of resnet18", 2),
         ("backbone.weights={garbage}", "is not a PyTorch file", 2),  # raised while Hydra builds the model
-        # a config-group choice conf/ lacks, checked before Hydra composes (its MissingConfigException is long);
-        # sweeps and the other groups: test_config.py
-        ("mode=finetun", "transferlab.train: error: mode=finetun: there is no conf/mode/finetun.yaml. Did you mean "
-         "finetune? The choices of mode are: feature_extract, finetune, gradual, partial, scratch.\n", 2),
     ],
 )
 def test_bad_input_exits_with_a_message_not_a_traceback(tmp_path, image_folder, override, expected, exit_code):
@@ -37,3 +36,14 @@ def test_asking_for_a_gpu_on_a_machine_without_one_is_named(tmp_path, image_fold
     output = cli.stdout + cli.stderr
     assert cli.returncode == 2, output[-2000:]
     assert "`CUDAAccelerator` can not run on your system" in output and "Error executing job" not in output
+
+
+def test_a_mistyped_choice_ends_the_command_before_hydra_composes(monkeypatch, capsys):
+    """The check main() runs on the command line (the choices themselves: test_config.py)."""
+    monkeypatch.setattr(sys, "argv", ["transferlab train", "mode=finetun"])
+    with pytest.raises(SystemExit) as exited:
+        train_main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "transferlab.train: error: mode=finetun: there is no conf/mode/finetun.yaml. Did you mean finetune? The "
+        "choices of mode are: feature_extract, finetune, gradual, partial, scratch.\n")
