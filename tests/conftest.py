@@ -191,3 +191,15 @@ def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def train_cli(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """One training run into ``run_dir`` (``hydra.run.dir``), from the command line."""
     return run_train(f"hydra.run.dir={run_dir}", *overrides, cwd=run_dir.parent)
+
+
+def assert_usage_errors(main: Callable[[list[str]], None], cases: dict[tuple[str, ...], str],
+                        capsys: pytest.CaptureFixture) -> None:
+    """Each ``argv`` of ``cases`` makes the key=value command ``main`` exit 2 with one line on stderr holding its
+    message, and no traceback."""
+    for argv, message in cases.items():
+        with pytest.raises(SystemExit) as exited:
+            main(list(argv))
+        assert exited.value.code == 2
+        stderr = capsys.readouterr().err
+        assert message in stderr and "Traceback" not in stderr and stderr.count("\n") == 1, stderr

@@ -6,6 +6,7 @@ local launchers run a real sweep through the command line.
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -57,22 +58,22 @@ def test_the_local_parallel_preset_runs_two_jobs_at_a_time():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", [
-    ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],  # two runs at once in worker processes
-    ["hydra/launcher=submitit_local"],                     # the submitit plugin's job path, without sbatch
+@pytest.mark.parametrize(("launcher", "modes"), [
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["scratch", "feature_extract"]),  # two at once
+    (["hydra/launcher=submitit_local"], ["feature_extract"]),  # the submitit plugin's job path, without sbatch
 ], ids=["joblib", "submitit_local"])
-def test_a_local_launcher_runs_the_sweep_and_its_report(tmp_path, image_folder, launcher):
+def test_a_local_launcher_runs_the_sweep_and_its_report(tmp_path, image_folder, launcher, modes):
     sweep_dir = tmp_path / "sweep"
-    cli = run_train("-m", *launcher, "mode=scratch,feature_extract", f"data.root={image_folder}", *FAST,
-                  "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    cli = run_train("-m", *launcher, f"mode={','.join(modes)}", f"data.root={image_folder}", *FAST,
+                    "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr[-3000:]
 
-    modes = {json.loads((sweep_dir / job / "results.json").read_text())["mode"] for job in ("0", "1")}
-    assert modes == {"scratch", "feature_extract"}
-    for job in ("0", "1"):
+    jobs = [str(number) for number in range(len(modes))]
+    assert [json.loads((sweep_dir / job / "results.json").read_text())["mode"] for job in jobs] == modes
+    for job in jobs:
         assert (sweep_dir / job / ".hydra" / "overrides.yaml").is_file()
         assert (sweep_dir / job / "checkpoints" / "last.ckpt").is_file()
     with (sweep_dir / "summary.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 2 and {row["status"] for row in rows} == {"ok"}
-    assert {row["mode"] for row in rows} == modes
+    assert len(rows) == len(modes) and {row["status"] for row in rows} == {"ok"}
+    assert sorted(Path(row["run_dir"]).name for row in rows) == jobs

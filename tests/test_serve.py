@@ -17,7 +17,7 @@ import pytest
 import requests
 import torch
 
-from conftest import COLOURS, PROXY_VARS, compose_config, png_header
+from conftest import COLOURS, PROXY_VARS, assert_usage_errors, compose_config, png_header
 from transferlab.cli.predict import predict_files
 from transferlab.cli.serve import ClassifierAPI, ImageDecoder, main
 from transferlab.cli.train import train
@@ -180,12 +180,7 @@ def test_bad_checkpoint_or_options_exit_2_before_a_server_starts(server, checkpo
         (f"ckpt={checkpoint}", "host=example.com", port): "host=example.com cannot be served",
         (f"ckpt={checkpoint}", "max_batch_size=0", port): "max_batch_size=0 must be at least 1",
     }
-    for argv, message in cases.items():
-        with pytest.raises(SystemExit) as exit:
-            main(list(argv))
-        assert exit.value.code == 2
-        stderr = capsys.readouterr().err
-        assert message in stderr and "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    assert_usage_errors(main, cases, capsys)
     assert multiprocessing.active_children() == []  # no LitServe process was started
 
 
