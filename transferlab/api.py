@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from transferlab.cli.args import resolve_device
-from transferlab.cli.overrides import CONFIG_DIR, check_group_choices
+from transferlab.cli.overrides import CONFIG_DIR, check_group_choices, group_choices
 from transferlab.cli.predict import list_images, predict_files
 from transferlab.cli.train import train
 from transferlab.errors import ConfigError
@@ -33,8 +33,6 @@ from transferlab.model.checkpoint import load_classifier
 from transferlab.model.module import TransferClassifier
 from transferlab.model.prediction import Prediction
 from transferlab.run import folder as run_folder
-
-LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ def training_overrides(data: str | Path | None, backbone: str, mode: str, overri
 
     ``backbone`` is a preset of ``conf/backbone/`` or any torchvision model name (with the default preset).
     """
-    preset = (CONFIG_DIR / "backbone" / f"{backbone}.yaml").is_file()
+    preset = backbone in group_choices(CONFIG_DIR)["backbone"]
     chosen = [f"backbone={backbone}" if preset else f"backbone.name={backbone}", f"mode={mode}"]
     if data is not None:
         chosen = ["data=image_folder", f"data.root={Path(data).expanduser().resolve()}", *chosen]
@@ -101,7 +99,9 @@ def fit(data: str | Path | None = None, backbone: str = "resnet18", mode: str = 
     """
     cfg = compose_training(training_overrides(data, backbone, mode, overrides), run_dir)
     output_dir = Path(cfg.paths.output_dir)
-    with run_folder.claimed(output_dir, resume=bool(cfg.get("resume"))), _logging_to(output_dir / "train.log"):
+    log_format = cfg.hydra.job_logging.formatters.simple.format  # as Hydra's train.log of a command-line run
+    with (run_folder.claimed(output_dir, resume=bool(cfg.get("resume"))),
+          _logging_to(output_dir / "train.log", log_format)):
         _save_hydra_files(cfg, output_dir)
         results = train(_without_hydra(cfg), list(callbacks))
     return FitResult(output_dir, results)
@@ -125,10 +125,10 @@ def _save_hydra_files(cfg: DictConfig, output_dir: Path) -> None:
 
 
 @contextmanager
-def _logging_to(path: Path) -> Iterator[None]:
+def _logging_to(path: Path, log_format: str) -> Iterator[None]:
     """The run's log into ``path`` too, as Hydra's ``train.log``, while the run lasts."""
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(logging.Formatter(log_format))
     root = logging.getLogger()
     root.addHandler(handler)
     previous_level = root.level

@@ -1,4 +1,4 @@
-"""The conditional part of the Optuna search space (``hydra/sweeper=optuna``): settings that only some modes have.
+"""The conditional part of the Optuna search space (``hydra/sweeper=search``): settings that only some modes have.
 
 The plugin draws every parameter of ``hydra.sweeper.params`` in every trial, and Hydra refuses an override of a key
 the trial's config lacks (``mode.trainable_stages`` with ``mode=finetune``). So a mode's own settings are drawn
@@ -26,7 +26,7 @@ STAGES_SETTING = "trainable_stages"  # mode.trainable_stages: how many of the ba
 
 
 def mode_settings(cfg: DictConfig, trial: "Trial") -> None:
-    """``custom_search_space`` of ``conf/hydra/sweeper/optuna.yaml``: draws ``mode.trainable_stages`` for a trial
+    """``custom_search_space`` of ``conf/hydra/sweeper/search.yaml``: draws ``mode.trainable_stages`` for a trial
     whose mode has that setting (``partial``), from 1 to the backbone's stage count less one.
 
     0 stages is ``feature_extract`` and all of them ``finetune``, which the mode choice holds already. ``cfg`` is
