@@ -115,6 +115,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "OVERRIDES"), default=None,
                         help="a transferlab run named NAME with these space-separated Hydra overrides (after the "
                              "common ones after --); repeat for several, each compared with the one reference run")
+    parser.add_argument("--no-model-alone", dest="model_alone", action="store_false",
+                        help="skip timing the model alone on synthetic batches (the limit a run can reach)")
     parser.add_argument("--output-dir", default=None,
                         help="keep transferlab's run folder here (default: a temporary folder, deleted)")
     return parser.parse_args(own), overrides
@@ -325,6 +327,32 @@ def settings_line(args: argparse.Namespace, weights: str, extra: list[str]) -> s
             f"{extra_text}")
 
 
+def model_alone(args: argparse.Namespace) -> dict[str, float]:
+    """Images/s of the model alone on synthetic batches already on the device, no data loading: the limit a run
+    can reach. A training step (forward, backward, SGD step) except in ``feature_extract``, where the frozen
+    backbone only runs forward; fp32 NCHW and bf16 autocast NHWC."""
+    from transferlab.run.step_timing import StepShape, images_per_second
+
+    model = torchvision.models.get_model(args.backbone, weights=None, num_classes=2)
+    shape = StepShape(args.batch_size, args.image_size, train=args.mode != "feature_extract")
+    device = torch.device(args.device)
+    return {name: images_per_second(model, shape, device, precision, channels_last, max_seconds=5.0)
+            for name, precision, channels_last in (("32-true NCHW", "32-true", False),
+                                                  ("bf16-mixed NHWC", "bf16-mixed", True))}
+
+
+def limit_lines(limits: dict[str, float], runs: list[dict[str, Any]], train: bool) -> str:
+    """The model-alone figures, and each run's train images/s as a share of the faster of them."""
+    step = "training steps" if train else "forward passes of the frozen backbone"
+    fastest = max(limits.values())
+    lines = [f"Model alone ({step} on synthetic batches on the device): "
+             + ", ".join(f"{name} {speed:.1f} images/s" for name, speed in limits.items())]
+    lines += [f"  {run['implementation']}: {run['train_images_per_s']:.1f} train images/s, "
+              f"{run['train_images_per_s'] / fastest:.0%} of the faster model-alone figure"
+              for run in runs if run.get("train_images_per_s")]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
     data = Path(args.data)
@@ -366,11 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     ratio = ({run["implementation"]: ratios(runs[0], run) for run in runs[1:]}
              if not args.skip_reference else None)
     table = markdown_table(runs, ratio)
+    limits = model_alone(args) if args.model_alone else None
     print()
     print(machine_lines(info))
     print(settings)
     print()
     print(table, flush=True)
+    if limits:
+        print()
+        print(limit_lines(limits, runs, train=args.mode != "feature_extract"), flush=True)
 
     if args.json:
         report = {
@@ -379,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                          "weights_used": weights_label, "transferlab_overrides": extra},
             "runs": {run["implementation"]: run for run in runs},
             "ratios": ratio,
+            "model_alone_images_per_s": limits,
             "table": table,
         }
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))

@@ -4,11 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from transferlab.cli.train import train
-from transferlab.data.features import CacheFeatures, FeatureViews, feature_cache
+from transferlab.data.features import CacheFeatures, FeatureViews, auto_views, feature_cache
 from transferlab.errors import ConfigError
 from transferlab.model.module import TransferClassifier
+from transferlab.run import speed_probe
 
 EXACT = ["mode=feature_extract", "data.augment=[]", "trainer.max_epochs=3", "optimizer=adam", "optimizer.lr=0.01"]
 IMAGES = 36 + 36  # train + val images of the shared folder
@@ -97,23 +99,56 @@ def test_features_over_the_memory_budget_fall_back_to_images(fit, tmp_path):
 @pytest.mark.parametrize(("setting", "backbone_trains", "augmented", "views", "expected"), [
     ("auto", False, False, None, 1),  # exact: one view
     ("auto", False, True, 4, 4),
-    ("auto", False, True, None, None),  # augmentation without views: not exact, so not by default
+    ("auto", False, True, None, None),  # data.cache_views=null: fresh augmentation every epoch
+    ("auto", False, True, "auto", "auto"),  # the default: views by the run's length
     ("auto", True, False, None, None),  # finetune: the features change every step
     (False, False, False, None, None),
     (True, False, False, 5, 1),  # no augmentation: every view would be the same
 ])
 def test_cache_is_on_where_the_backbone_never_trains(setting, backbone_trains, augmented, views, expected):
     cache = feature_cache(setting, backbone_trains, augmented, views, max_gb=1.0)
-    assert (cache.views if cache else None) == expected
+    assert (cache.setting if cache else None) == expected
     if cache:
         assert isinstance(cache, CacheFeatures)
 
 
-@pytest.mark.parametrize(("setting", "backbone_trains", "augmented", "message"), [
-    (True, True, False, "mode=feature_extract"),
-    (True, False, True, "data.cache_views"),
-    ("yes", False, False, "auto, true, false"),
+@pytest.mark.parametrize(("setting", "backbone_trains", "augmented", "views", "message"), [
+    (True, True, False, None, "mode=feature_extract"),
+    (True, False, True, None, "data.cache_views"),
+    ("yes", False, False, None, "auto, true, false"),
+    ("auto", False, True, 0, "data.cache_views=0 is not auto, null or a whole number of at least 1"),
+    ("auto", False, True, "many", "data.cache_views='many'"),
 ])
-def test_impossible_cache_settings_are_refused(setting, backbone_trains, augmented, message):
+def test_impossible_cache_settings_are_refused(setting, backbone_trains, augmented, views, message):
     with pytest.raises(ConfigError, match=message):
-        feature_cache(setting, backbone_trains, augmented, None, max_gb=1.0)
+        feature_cache(setting, backbone_trains, augmented, views, max_gb=1.0)
+
+
+@pytest.mark.parametrize(("max_epochs", "views"), [(1, 2), (10, 2), (11, 3), (25, 3), (26, 5), (200, 5), (-1, 5),
+                                                   (None, 5)])
+def test_auto_views_follow_the_measured_rule(max_epochs, views):
+    assert auto_views(max_epochs) == views
+
+
+def test_feature_extract_caches_augmented_views_by_default(fit, tmp_path):
+    results, calls = fit(tmp_path / "run", "mode=feature_extract", "trainer.max_epochs=3")
+    assert calls.images == auto_views(3) * 36 + 36  # each view of the 36 train images, and the val images, once
+    assert results["epochs_run"] == 3
+
+
+def test_resumed_run_with_the_default_cache_and_probe_ends_where_an_uninterrupted_one_does(fit, tmp_path,
+                                                                                          monkeypatch):
+    figures = {("32-true", False): 10.0, ("32-true", True): 20.0}
+    timed = []
+    monkeypatch.setattr(speed_probe, "images_per_second", lambda *args, **kwargs: timed.append(args) or figures[
+        (args[3], args[4])])
+    defaults = ["mode=feature_extract", "speed_probe=true", "trainer.max_epochs=4"]
+    fit(tmp_path / "whole", *defaults)
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path / "resumed", *defaults, "+callbacks.stop._target_=interruptions.SignalAtBatch",
+            "+callbacks.stop.epoch=2", "+callbacks.stop.batch=1")
+    timed.clear()
+    fit(tmp_path / "resumed", *defaults, "resume=true")
+    assert timed == []  # the choice came from the interrupted run's speed_probe.json
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
+    torch.testing.assert_close(head_state(tmp_path / "resumed"), head_state(tmp_path / "whole"), rtol=0, atol=0)

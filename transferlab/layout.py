@@ -12,6 +12,7 @@ FAILURE = "failure.json"
 SPLIT = "split.json"
 SCAN_CACHE = "scan.json"
 SKIPPED = "skipped.txt"
+SPEED_PROBE = "speed_probe.json"  # the setup probe's timings of each precision and memory format, and its choice
 TRAINABILITY = "trainability.md"  # which backbone stages train, when, in which optimizer group at which rate
 ADVICE_JSON = "advice.json"  # python -m transferlab.advise: its measurements and recommendations
 ADVICE_MD = "advice.md"  # the same as the printed Markdown report

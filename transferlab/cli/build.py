@@ -13,11 +13,12 @@ from omegaconf import DictConfig
 
 from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.errors import ConfigError
-from transferlab.layout import TRAINABILITY
+from transferlab.layout import SPEED_PROBE, TRAINABILITY
 from transferlab.model.backbones import preprocessing_for
 from transferlab.model.modes import Mode, get_mode
 from transferlab.model.module import TransferClassifier, class_weights
-from transferlab.run.speed import use_channels_last
+from transferlab.run.speed import CompileReport, compile_enabled, use_channels_last
+from transferlab.run.speed_probe import SpeedProbe
 from transferlab.run.trainability import Trainability
 
 USER_ERRORS = (ConfigError, MisconfigurationException)  # what the user can fix: a message and exit code 2
@@ -36,14 +37,30 @@ def build(config: Any, **kwargs: Any) -> Any:
 
 
 def build_callbacks(cfg: DictConfig, mode: Mode, datamodule: ImageFolderDataModule) -> list[Callback]:
-    """The configured callbacks, the mode's freeze callback, the trainability table and the data's feature cache,
-    where they apply."""
+    """The configured callbacks, the mode's freeze callback, the trainability table, the speed probe and the data's
+    feature cache, where they apply."""
     callbacks = [build(node) for node in cfg.get("callbacks", {}).values() if node is not None]
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
+    backbone_trains = mode.backbone_trains(cfg.mode)
+    probe = speed_probe(cfg, backbone_trains, datamodule)
+    report = CompileReport(probe.eager_step_s if probe else lambda: None) if compile_enabled(cfg) else None
     extra = [mode.callback(cfg.mode), Trainability(Path(cfg.paths.output_dir) / TRAINABILITY),  # after the freeze
-             datamodule.feature_cache(backbone_trains=mode.backbone_trains(cfg.mode))]
+             probe,  # before the feature cache, which uses its choice
+             datamodule.feature_cache(backbone_trains=backbone_trains), report]
     return callbacks + [callback for callback in extra if callback is not None]
+
+
+def speed_probe(cfg: DictConfig, backbone_trains: bool, datamodule: ImageFolderDataModule) -> SpeedProbe | None:
+    """The setup probe that ``speed_probe`` asks for (``conf/speed/default.yaml``); a resumed run reuses its record."""
+    if not cfg.get("speed_probe", True):
+        return None
+    # A deterministic run computes alike every time: no memory format chosen by a timing.
+    deterministic = cfg.trainer.get("deterministic")
+    formats = use_channels_last(cfg.channels_last, cfg.trainer) if deterministic else cfg.channels_last
+    return SpeedProbe(formats, train=backbone_trains, image_size=datamodule.preprocessing.crop_size,
+                      batch_size=datamodule.batch_size, record=Path(cfg.paths.output_dir) / SPEED_PROBE,
+                      reuse=bool(cfg.get("resume")), time_eager=compile_enabled(cfg))
 
 
 def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule:

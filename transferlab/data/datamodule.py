@@ -127,7 +127,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         cache_images: bool | str = True,
         cache_max_gb: float = 2.0,
         cache_features: bool | str = "auto",
-        cache_views: int | None = None,
+        cache_views: int | str | None = "auto",
         run_dir: str | None = None,
     ) -> None:
         super().__init__()

@@ -30,17 +30,41 @@ log = logging.getLogger(__name__)
 
 
 CACHE_SETTINGS = ("auto", True, False)
+AUTO = "auto"
+# data.cache_views=auto: the fewest cached views per image whose accuracy stayed within noise of fresh
+# augmentation, by the run's length (docs/benchmarks.md, "How many cached views"): (up to epochs, views).
+AUTO_VIEWS = ((10, 2), (25, 3))
+LONG_RUN_VIEWS = 5  # beyond the longest run measured, or no epoch limit
 
 
-def feature_cache(setting: str | bool, backbone_trains: bool, augmented: bool, views: int | None,
+def auto_views(max_epochs: int | None) -> int:
+    """The views ``data.cache_views=auto`` caches for a run of ``max_epochs`` (None or -1: no limit)."""
+    for epochs, views in AUTO_VIEWS:
+        if max_epochs is not None and 0 <= max_epochs <= epochs:
+            return views
+    return LONG_RUN_VIEWS
+
+
+def check_views(views: int | str | None) -> None:
+    """``data.cache_views`` is ``auto``, null or a whole number of at least 1."""
+    if views is None or views == AUTO or (isinstance(views, int) and not isinstance(views, bool) and views >= 1):
+        return
+    raise ConfigError(f"data.cache_views={views!r} is not auto, null or a whole number of at least 1: auto caches "
+                      "as many augmented views per image as keep accuracy with fresh augmentation, K caches K, "
+                      "null augments afresh every epoch.")
+
+
+def feature_cache(setting: str | bool, backbone_trains: bool, augmented: bool, views: int | str | None,
                   max_gb: float) -> "CacheFeatures | None":
     """The ``CacheFeatures`` callback that ``data.cache_features`` asks for, or None.
 
     ``auto`` caches where the backbone never trains and either the cache is exact (no
-    augmentation) or ``data.cache_views`` says how many augmented views to keep.
+    augmentation) or ``data.cache_views`` says how many augmented views to keep (``auto``: by the
+    run's length, ``auto_views``); ``data.cache_views=null`` augments afresh every epoch.
     """
     if setting not in CACHE_SETTINGS:
         raise ConfigError(f"data.cache_features={setting!r} is not one of auto, true, false.")
+    check_views(views)
     if setting is False:
         return None
     if backbone_trains:
@@ -51,12 +75,11 @@ def feature_cache(setting: str | bool, backbone_trains: bool, augmented: bool, v
         return None
     if augmented and views is None:
         if setting is True:
-            raise ConfigError("data.cache_features=true with augmentation on (data.augment) needs data.cache_views=K: "
-                              "how many augmented versions of each training image to cache. Or set data.augment=[] "
-                              "for an exact cache.")
-        log.info("Feature cache off: augmentation is on, so one cached view per image would change the experiment. "
-                 "data.cache_views=K caches K augmented views per image (each epoch draws one); data.augment=[] "
-                 "caches exactly.")
+            raise ConfigError("data.cache_features=true with augmentation on (data.augment) needs data.cache_views: "
+                              "auto or K, how many augmented versions of each training image to cache. Or set "
+                              "data.augment=[] for an exact cache.")
+        log.info("Feature cache off: data.cache_views=null augments every image afresh each epoch, so the frozen "
+                 "backbone runs every epoch. data.cache_views=auto (the default) or K caches augmented views once.")
         return None
     return CacheFeatures(views if augmented else 1, max_gb)
 
@@ -134,10 +157,10 @@ class CacheFeatures(Callback):
     ``num_workers``, ``seed`` and ``serve_features`` (``ImageFolderDataModule`` has them).
     """
 
-    def __init__(self, views: int = 1, max_gb: float = 2.0) -> None:
-        if views < 1:
-            raise ValueError(f"data.cache_views must be at least 1, got {views}.")
-        self.views, self.max_gb = views, max_gb
+    def __init__(self, views: int | str = 1, max_gb: float = 2.0) -> None:
+        check_views(views)
+        self.setting, self.max_gb = views, max_gb
+        self.views = 1 if views == AUTO else views  # auto: set from the run's length at setup
         self.train_features: FeatureViews | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -146,6 +169,11 @@ class CacheFeatures(Callback):
         if stage != "fit" or isinstance(datamodule.train_set, FeatureViews):
             return
         started = time.perf_counter()
+        if self.setting == AUTO:
+            self.views = auto_views(trainer.max_epochs)
+            log.info("Feature cache: data.cache_views=auto caches %d augmented views per image for a run of %s "
+                     "epochs, the fewest that kept accuracy within noise of fresh augmentation (docs/benchmarks.md); "
+                     "data.cache_views=null augments afresh every epoch.", self.views, trainer.max_epochs)
         was_training = pl_module.backbone.training
         pl_module.backbone.to(trainer.strategy.root_device).eval()
         try:

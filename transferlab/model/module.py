@@ -86,11 +86,16 @@ class TransferClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=len(class_names), average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=len(class_names), average="micro")
         if channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
+            self.set_channels_last(True)
         schedule = get_mode(mode).schedule(mode_settings)
         layer_decay = (optimizer or {}).get("layer_decay", 1.0)
         found = find_stages(self.backbone, backbone, stages, strict=schedule.per_stage or layer_decay != 1)
         self.stage_plan: list[PlannedStage] = plan_stages(found, schedule, backbone_lr_ratio, layer_decay)
+
+    def set_channels_last(self, enabled: bool) -> None:
+        """Store the backbone's weights, and pass it its input batches, NHWC (``enabled``) or NCHW."""
+        self.hparams.channels_last = enabled
+        self.backbone.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
