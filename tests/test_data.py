@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import make_datamodule, make_image_folder
-from transferlab.data.datamodule import stratified_split
+from transferlab.data.sampling import stratified_split
 from transferlab.errors import ConfigError
 
 datamodule = make_datamodule

@@ -20,7 +20,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 import transferlab
 from conftest import FAST, compose_config, make_image_folder
 from transferlab import ranks
-from transferlab.data.datamodule import EpochShuffle
+from transferlab.data.sampling import EpochShuffle
 from transferlab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,8 +24,9 @@ from torch.utils.data import Dataset
 from transferlab.cli.args import resolve_device
 from transferlab.cli.build import build
 from transferlab.cli.overrides import CONFIG_DIR, exit_on_bad_choices
-from transferlab.data.datamodule import ImageFolderDataModule, stratified_sample
+from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.data.features import frozen_features
+from transferlab.data.sampling import stratified_sample
 from transferlab.errors import ConfigError
 from transferlab.files import write_json_atomically, write_text_atomically
 from transferlab.layout import ADVICE_JSON, ADVICE_MD

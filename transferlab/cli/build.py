@@ -12,12 +12,14 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from omegaconf import DictConfig
 
 from transferlab.data.datamodule import ImageFolderDataModule
+from transferlab.data.device_augment import use_device_augment
+from transferlab.data.features import caches_features
 from transferlab.errors import ConfigError
 from transferlab.layout import SPEED_PROBE, TRAINABILITY
 from transferlab.model.backbones import preprocessing_for
 from transferlab.model.modes import Mode, get_mode
 from transferlab.model.module import TransferClassifier, class_weights
-from transferlab.run.speed import CompileReport, compile_enabled, use_channels_last
+from transferlab.run.speed import CompileReport, compile_enabled, use_channels_last, uses_gpu
 from transferlab.run.speed_probe import SpeedProbe
 from transferlab.run.trainability import Trainability
 
@@ -64,11 +66,17 @@ def speed_probe(cfg: DictConfig, backbone_trains: bool, datamodule: ImageFolderD
 
 
 def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule:
-    """The configured data module, its preprocessing from the weights the backbone starts from."""
-    weights = get_mode(cfg.mode.name).initial_weights(cfg.backbone.weights)
-    make_datamodule = build(cfg.data, _partial_=True)  # partial: the preprocessing stays an object
+    """The configured data module, its preprocessing from the weights the backbone starts from, its augmentation
+    on the device where ``data.device_augment`` says so for this run."""
+    mode = get_mode(cfg.mode.name)
+    weights = mode.initial_weights(cfg.backbone.weights)
+    data = cfg.data
+    on_device = use_device_augment(data.get("device_augment", False), uses_gpu(cfg.trainer), bool(data.augment),
+                                   caches_features(data.cache_features, mode.backbone_trains(cfg.mode),
+                                                   bool(data.augment), data.cache_views))
+    make_datamodule = build(data, _partial_=True)  # partial: the preprocessing stays an object
     return make_datamodule(preprocessing=preprocessing_for(cfg.backbone.name, weights), seed=cfg.seed,
-                           run_dir=str(output_dir))
+                           run_dir=str(output_dir), device_augment=on_device)
 
 
 def build_model(cfg: DictConfig, datamodule: ImageFolderDataModule) -> TransferClassifier:

@@ -4,6 +4,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -11,11 +12,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 
+from transferlab.data.device_augment import DeviceAugment, collate_images, uint8_tensor
 from transferlab.data.download import fetch_dataset
-from transferlab.data.features import CacheFeatures, feature_cache
+from transferlab.data.features import CacheFeatures, caches_features, feature_cache
 from transferlab.data.folders import ClassFolder, class_folders, is_image, loader_workers, require_classes
 from transferlab.data.image_cache import BYTES_PER_GB, IMAGE_CACHE_SETTINGS, SHRINK, DecodedImageCache
 from transferlab.data.images import PIL_MAX_IMAGE_PIXELS, load_rgb
+from transferlab.data.sampling import EpochShuffle, stratified_split
 from transferlab.data.scan import ScanReport, count_kinds, log_warnings, scan_dataset, write_skipped
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import ConfigError
@@ -38,55 +41,6 @@ class RGBLoader:
     def __call__(self, path: str) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = self.max_pixels
         return load_rgb(path)
-
-
-def stratified_split(targets: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices of a seeded split that keeps every class's share in both parts (>= 1 val image per class)."""
-    generator = torch.Generator().manual_seed(seed)
-    train, val = [], []
-    for label in sorted(set(targets)):
-        indices = [i for i, t in enumerate(targets) if t == label]
-        order = torch.randperm(len(indices), generator=generator).tolist()
-        n_val = min(max(1, round(len(indices) * val_fraction)), len(indices) - 1) if len(indices) > 1 else 0
-        val += [indices[i] for i in order[:n_val]]
-        train += [indices[i] for i in order[n_val:]]
-    return sorted(train), sorted(val)
-
-
-def stratified_sample(dataset: Dataset, per_class: int | None, seed: int) -> Dataset:
-    """A seeded sample of at most ``per_class`` items of each class of ``dataset`` (an ImageFolder or a Subset of
-    one), in the data set's order; ``None``: the whole data set."""
-    if per_class is None:
-        return dataset
-    targets = ([dataset.dataset.targets[i] for i in dataset.indices] if isinstance(dataset, Subset)
-               else dataset.targets)
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for label in sorted(set(targets)):
-        indices = [i for i, t in enumerate(targets) if t == label]
-        chosen += [indices[i] for i in torch.randperm(len(indices), generator=generator)[:per_class].tolist()]
-    return Subset(dataset, sorted(chosen))
-
-
-class EpochShuffle(Sampler[int]):
-    """A new random order every epoch that depends only on (seed, epoch), as DistributedSampler's does.
-
-    So a resumed run sees epoch N in the same order as an uninterrupted one, whatever else
-    drew from the global random generator before it. Lightning calls ``set_epoch`` each epoch.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -128,6 +82,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         cache_max_gb: float = 2.0,
         cache_features: bool | str = "auto",
         cache_views: int | str | None = "auto",
+        device_augment: bool = False,
         run_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -139,7 +94,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.root = Path(root).expanduser()
         self.preprocessing = preprocessing.at_size(image_size)
         self.augment = list(augment or [])
-        self.train_transform = self.preprocessing.train_transform(self.augment)
+        self.device_augment = (DeviceAugment(self.augment, self.preprocessing.mean, self.preprocessing.std)
+                               if device_augment and self.augment else None)
+        self.train_transform = (uint8_tensor() if self.device_augment  # the rest on the device, per batch
+                                else self.preprocessing.train_transform(self.augment))
         self.eval_transform = self.preprocessing.eval_transform()
         self.batch_size = batch_size
         self.num_workers = loader_workers(num_workers)
@@ -209,6 +167,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def feature_cache(self, backbone_trains: bool) -> CacheFeatures | None:
         """The callback that caches a frozen backbone's features, as ``cache_features``/``cache_views`` ask."""
+        if self.device_augment and caches_features(self.cache_features, backbone_trains, True, self.cache_views):
+            raise ConfigError("data.device_augment=true and the feature cache both augment the training images; "
+                              "set one of them off (data.device_augment=false or data.cache_features=false).")
         return feature_cache(self.cache_features, backbone_trains=backbone_trains, augmented=bool(self.augment),
                              views=self.cache_views, max_gb=self.cache_max_gb)
 
@@ -299,16 +260,24 @@ class ImageFolderDataModule(pl.LightningDataModule):
         log.info("No val/ folder: held out %d images; split recorded in %s", len(val_idx), self.run_dir / SPLIT)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, sampler=EpochShuffle(len(self.train_set), self.seed))
+        return self._loader(self.train_set, sampler=EpochShuffle(len(self.train_set), self.seed),
+                            collate_fn=collate_images if self.device_augment else None)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
 
-    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch of uint8 images of different sizes (``device_augment``) is augmented on its device."""
+        images, labels = batch
+        return (self.device_augment(images), labels) if isinstance(images, list) else batch
+
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None, collate_fn: Callable | None = None,
+                ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
+            collate_fn=collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,

@@ -54,6 +54,11 @@ def check_views(views: int | str | None) -> None:
                       "null augments afresh every epoch.")
 
 
+def caches_features(setting: str | bool, backbone_trains: bool, augmented: bool, views: int | str | None) -> bool:
+    """Whether ``data.cache_features``/``data.cache_views`` cache a frozen backbone's features (``feature_cache``)."""
+    return setting is not False and not backbone_trains and (not augmented or views is not None)
+
+
 def feature_cache(setting: str | bool, backbone_trains: bool, augmented: bool, views: int | str | None,
                   max_gb: float) -> "CacheFeatures | None":
     """The ``CacheFeatures`` callback that ``data.cache_features`` asks for, or None.
@@ -65,21 +70,18 @@ def feature_cache(setting: str | bool, backbone_trains: bool, augmented: bool, v
     if setting not in CACHE_SETTINGS:
         raise ConfigError(f"data.cache_features={setting!r} is not one of auto, true, false.")
     check_views(views)
-    if setting is False:
-        return None
-    if backbone_trains:
-        if setting is True:
-            raise ConfigError("data.cache_features=true needs a backbone that never trains (mode=feature_extract); "
-                              "in this mode it trains, so its features change every step. Use "
-                              "data.cache_features=auto or false.")
-        return None
-    if augmented and views is None:
-        if setting is True:
-            raise ConfigError("data.cache_features=true with augmentation on (data.augment) needs data.cache_views: "
-                              "auto or K, how many augmented versions of each training image to cache. Or set "
-                              "data.augment=[] for an exact cache.")
-        log.info("Feature cache off: data.cache_views=null augments every image afresh each epoch, so the frozen "
-                 "backbone runs every epoch. data.cache_views=auto (the default) or K caches augmented views once.")
+    if setting is True and backbone_trains:
+        raise ConfigError("data.cache_features=true needs a backbone that never trains (mode=feature_extract); "
+                          "in this mode it trains, so its features change every step. Use "
+                          "data.cache_features=auto or false.")
+    if setting is True and augmented and views is None:
+        raise ConfigError("data.cache_features=true with augmentation on (data.augment) needs data.cache_views: "
+                          "auto or K, how many augmented versions of each training image to cache. Or set "
+                          "data.augment=[] for an exact cache.")
+    if not caches_features(setting, backbone_trains, augmented, views):
+        if setting is not False and not backbone_trains:
+            log.info("Feature cache off: data.cache_views=null augments every image afresh each epoch, so the frozen "
+                     "backbone runs every epoch. data.cache_views=auto (the default) or K caches augmented views once.")
         return None
     return CacheFeatures(views if augmented else 1, max_gb)
 

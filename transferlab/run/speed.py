@@ -24,9 +24,13 @@ def use_channels_last(setting: bool | str, trainer: DictConfig) -> bool:
     """
     if setting != "auto":
         return bool(setting)
+    return not uses_gpu(trainer) or str(trainer.get("precision", "32-true")) not in FULL_PRECISIONS
+
+
+def uses_gpu(trainer: DictConfig) -> bool:
+    """Whether the configured ``trainer`` runs on a CUDA GPU (``accelerator=auto``: where one is available)."""
     accelerator = str(trainer.get("accelerator", "auto"))
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return not on_gpu or str(trainer.get("precision", "32-true")) not in FULL_PRECISIONS
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def compile_enabled(cfg: DictConfig) -> bool:
