@@ -142,8 +142,10 @@ def test_resumed_run_with_the_default_cache_and_probe_ends_where_an_uninterrupte
     timed = []
     monkeypatch.setattr(speed_probe, "images_per_second", lambda *args, **kwargs: timed.append(args) or figures[
         (args[3], args[4])])
+    monkeypatch.setattr(speed_probe, "MAX_SHARE", float("inf"))  # a short test run: the probe times at any cost
     defaults = ["mode=feature_extract", "speed_probe=true", "trainer.max_epochs=4"]
     fit(tmp_path / "whole", *defaults)
+    assert len(timed) == 2  # both formats, at inference
     with pytest.raises(SIGTERMException):
         fit(tmp_path / "resumed", *defaults, "+callbacks.stop._target_=interruptions.SignalAtBatch",
             "+callbacks.stop.epoch=2", "+callbacks.stop.batch=1")

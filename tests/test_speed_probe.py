@@ -19,9 +19,11 @@ TRAIN_64 = StepShape(batch_size=64, image_size=64, train=True)
 class SimulatedTimings:
     """Stands in for ``images_per_second``: a fixed figure per (precision, channels_last), and the calls made."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, figures: dict[tuple[str, bool], float]) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, figures: dict[tuple[str, bool], float],
+                 max_share: float = float("inf")) -> None:
         self.figures, self.calls = figures, []
         monkeypatch.setattr(speed_probe, "images_per_second", self)
+        monkeypatch.setattr(speed_probe, "MAX_SHARE", max_share)  # the test runs are short: no budget unless asked
 
     def __call__(self, model, shape, device, precision, channels_last, **kwargs) -> float:
         self.calls.append((shape, precision, channels_last))
@@ -84,6 +86,17 @@ def test_a_frozen_backbone_is_timed_at_inference(make_config, monkeypatch):
     train(make_config("speed_probe=true", "mode=feature_extract", "data.cache_features=false",
                       "trainer.max_epochs=1"))
     assert {call[0].train for call in timings.calls} == {False}
+
+
+def test_the_probe_is_skipped_where_it_would_cost_more_than_its_share_of_the_run(make_config, tmp_path, monkeypatch,
+                                                                                   caplog):
+    timings = SimulatedTimings(monkeypatch, {("32-true", False): 10.0, ("32-true", True): 20.0}, max_share=0.05)
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        train(make_config("speed_probe=true", "trainer.max_epochs=1"))  # 72 images; two variants would time 72
+    assert timings.calls == [] and "Speed probe skipped" in caplog.text
+    train(make_config("speed_probe=true", "trainer.max_epochs=20", "+trainer.limit_train_batches=1",
+                      "+trainer.limit_val_batches=1", f"paths.output_dir={tmp_path / 'long'}"))
+    assert len(timings.calls) == 2  # 20 epochs of 72 images: the same probe is under 5% of them
 
 
 def test_deterministic_runs_choose_no_format_by_timing(make_config, monkeypatch):

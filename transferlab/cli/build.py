@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.data.device_augment import use_device_augment
-from transferlab.data.features import caches_features
+from transferlab.data.features import CacheFeatures, caches_features
 from transferlab.errors import ConfigError
 from transferlab.layout import SPEED_PROBE, TRAINABILITY
 from transferlab.model.backbones import preprocessing_for
@@ -45,24 +45,32 @@ def build_callbacks(cfg: DictConfig, mode: Mode, datamodule: ImageFolderDataModu
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar it was told not to show
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     backbone_trains = mode.backbone_trains(cfg.mode)
-    probe = speed_probe(cfg, backbone_trains, datamodule)
+    cache = datamodule.feature_cache(backbone_trains=backbone_trains)
+    probe = speed_probe(cfg, backbone_trains, datamodule, cache)
     report = CompileReport(probe.eager_step_s if probe else lambda: None) if compile_enabled(cfg) else None
     extra = [mode.callback(cfg.mode), Trainability(Path(cfg.paths.output_dir) / TRAINABILITY),  # after the freeze
-             probe,  # before the feature cache, which uses its choice
-             datamodule.feature_cache(backbone_trains=backbone_trains), report]
+             probe, cache, report]  # the probe first: the feature cache extracts in the format it chose
     return callbacks + [callback for callback in extra if callback is not None]
 
 
-def speed_probe(cfg: DictConfig, backbone_trains: bool, datamodule: ImageFolderDataModule) -> SpeedProbe | None:
-    """The setup probe that ``speed_probe`` asks for (``conf/speed/default.yaml``); a resumed run reuses its record."""
+def speed_probe(cfg: DictConfig, backbone_trains: bool, datamodule: ImageFolderDataModule,
+                cache: CacheFeatures | None) -> SpeedProbe | None:
+    """The setup probe that ``speed_probe`` asks for (``conf/speed/default.yaml``), its budget a share of the images
+    the run's model will process; a resumed run reuses its record."""
     if not cfg.get("speed_probe", True):
         return None
+    epochs = cfg.trainer.get("max_epochs")
+    train_images, val_images = len(datamodule.train_set), len(datamodule.val_set)
+    if cache is not None:
+        images_ahead = cache.images_ahead(train_images, val_images, epochs)
+    else:
+        images_ahead = epochs * (train_images + val_images) if epochs is not None and epochs >= 0 else None
     # A deterministic run computes alike every time: no memory format chosen by a timing.
     deterministic = cfg.trainer.get("deterministic")
     formats = use_channels_last(cfg.channels_last, cfg.trainer) if deterministic else cfg.channels_last
     return SpeedProbe(formats, train=backbone_trains, image_size=datamodule.preprocessing.crop_size,
                       batch_size=datamodule.batch_size, record=Path(cfg.paths.output_dir) / SPEED_PROBE,
-                      reuse=bool(cfg.get("resume")), time_eager=compile_enabled(cfg))
+                      reuse=bool(cfg.get("resume")), time_eager=compile_enabled(cfg), images_ahead=images_ahead)
 
 
 def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule:

@@ -165,6 +165,11 @@ class CacheFeatures(Callback):
         self.views = 1 if views == AUTO else views  # auto: set from the run's length at setup
         self.train_features: FeatureViews | None = None
 
+    def images_ahead(self, train_images: int, val_images: int, max_epochs: int | None) -> int:
+        """How many images the backbone will see: each view of the training images and the val images, once."""
+        views = auto_views(max_epochs) if self.setting == AUTO else self.views
+        return views * train_images + val_images
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Runs before the optimizer and the data loaders are built, so both see the features."""
         datamodule = trainer.datamodule

@@ -23,6 +23,8 @@ from transferlab.run.step_timing import StepShape, autocast_dtype, images_per_se
 log = logging.getLogger(__name__)
 
 FULL_PRECISION = "32-true"
+MAX_SHARE = 0.05  # the probe's images at most this share of the images the run's model will process
+STEPS_PER_VARIANT = 3  # one warm-up and two timed steps
 
 
 @dataclass
@@ -89,8 +91,9 @@ class SpeedProbe(Callback):
     """
 
     def __init__(self, channels_last: bool | str, train: bool, image_size: int, batch_size: int,
-                 record: Path, reuse: bool = False, time_eager: bool = False) -> None:
+                 record: Path, reuse: bool = False, time_eager: bool = False, images_ahead: int | None = None) -> None:
         self.channels_last, self.train, self.record, self.reuse = channels_last, train, Path(record), reuse
+        self.images_ahead = images_ahead  # what the run's model will process (None: no limit): the probe's budget
         self.time_eager = time_eager  # time the run's own variant even with nothing to decide (for CompileReport)
         self.image_size, self.batch_size = image_size, batch_size
         self.result: ProbeResult | None = None
@@ -118,6 +121,12 @@ class SpeedProbe(Callback):
         if not pairs and self.time_eager:
             pairs = [(precision, bool(self.channels_last))]
         if not pairs:
+            return None
+        cost = len(pairs) * STEPS_PER_VARIANT * self.batch_size
+        if self.images_ahead is not None and cost > MAX_SHARE * self.images_ahead and not self.time_eager:
+            log.info("Speed probe skipped: timing %d variants (%d images) would cost more than %.0f%% of the %d images "
+                     "this run's model processes; channels_last=auto follows its fixed rule.", len(pairs), cost,
+                     100 * MAX_SHARE, self.images_ahead)
             return None
         shape = StepShape(self.batch_size, self.image_size, self.train)
         classes = len(pl_module.hparams.class_names)
