@@ -1,5 +1,6 @@
 """Speed switches: channels_last, mixed precision and torch.compile train and checkpoint like the default."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,12 @@ def test_compile_switch_wraps_the_model_only_when_enabled(resnet18_weights):
 
 
 @pytest.mark.slow
-def test_compiled_model_trains_and_saves_the_original_module(make_config):
+def test_compiled_model_trains_and_saves_the_original_module(make_config, caplog):
     # AlexNet: the torchvision classifier with the fewest layers, so that tracing it takes seconds
-    results = train(make_config("compile.enabled=true", "compile.backend=eager", "trainer.max_epochs=1",
-                                "backbone.name=alexnet", "backbone.classifier=null", "data.image_size=64"))
+    with caplog.at_level(logging.INFO, logger="transferlab"):
+        results = train(make_config("compile.enabled=true", "compile.backend=eager", "trainer.max_epochs=1",
+                                    "backbone.name=alexnet", "backbone.classifier=null", "data.image_size=64"))
+    assert "torch.compile: the first training step took" in caplog.text  # the compilation's cost, logged
     checkpoint = Path(results["best_checkpoint"])
     keys = torch.load(checkpoint, weights_only=True)["state_dict"].keys()
     assert "head.0.weight" in keys and not any("_orig_mod" in key for key in keys)
