@@ -60,8 +60,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     With ``cache_images`` every image is decoded once at setup and kept in memory up to
     ``cache_max_gb`` (see ``transferlab.data.image_cache``); ``cache_features`` and ``cache_views``
-    configure the feature cache of a frozen backbone (``feature_cache``). The defaults here are
-    those of ``conf/speed/default.yaml``.
+    configure the feature cache of a frozen backbone (``feature_cache``). With ``device_augment``
+    the loader serves training images as decoded uint8 tensors and ``augment`` runs on the device
+    (``transferlab.data.device_augment``). The defaults here are those of ``conf/speed/default.yaml``
+    (``device_augment``: resolved to true or false for the run before it reaches here).
     """
 
     def __init__(
