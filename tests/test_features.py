@@ -6,6 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from transferlab.cli.build import build_datamodule
 from transferlab.cli.train import train
 from transferlab.data.features import CacheFeatures, FeatureViews, auto_views, feature_cache
 from transferlab.errors import ConfigError
@@ -124,10 +125,23 @@ def test_impossible_cache_settings_are_refused(setting, backbone_trains, augment
         feature_cache(setting, backbone_trains, augmented, views, max_gb=1.0)
 
 
-@pytest.mark.parametrize(("max_epochs", "views"), [(1, 2), (10, 2), (11, 3), (25, 3), (26, 5), (200, 5), (-1, 5),
-                                                   (None, 5)])
+@pytest.mark.parametrize(("max_epochs", "views"), [(1, 1), (10, 1), (25, 1), (26, 2), (50, 2), (51, 3), (175, 7),
+                                                   (1000, 8), (-1, 8), (None, 8)])
 def test_auto_views_follow_the_measured_rule(max_epochs, views):
-    assert auto_views(max_epochs) == views
+    assert auto_views(max_epochs) == views  # one view per 25 epochs, at most 8 (docs/benchmarks.md)
+
+
+@pytest.mark.parametrize(("overrides", "cache_images"), [
+    (["mode=feature_extract"], False),  # one view: each image is read once, so decoded copies would save nothing
+    (["mode=feature_extract", "data.augment=[]"], False),
+    (["mode=feature_extract", "data.cache_views=2"], True),
+    (["mode=feature_extract", "trainer.max_epochs=30"], True),  # auto: two views
+    (["mode=feature_extract", "data.cache_views=null"], True),  # the backbone reads the images every epoch
+    (["mode=finetune"], True),
+])
+def test_images_are_kept_decoded_only_where_they_are_read_more_than_once(make_config, tmp_path, overrides,
+                                                                         cache_images):
+    assert build_datamodule(make_config(*overrides), tmp_path).cache_images is cache_images
 
 
 def test_feature_extract_caches_augmented_views_by_default(fit, tmp_path):

@@ -9,6 +9,7 @@ from torchvision.transforms import RandomResizedCrop
 
 import transferlab.data.datamodule
 from conftest import make_datamodule, make_image_folder
+from transferlab.cli.train import train
 from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.errors import ConfigError
 
@@ -105,3 +106,12 @@ def test_loader_processes_train_from_the_cache_without_the_files(tmp_path):
         batches = list(data.train_dataloader())
         assert sum(len(labels) for _, labels in batches) == 12
         assert batches[0][0].shape == (6, 3, 32, 32)
+
+
+def test_a_run_ends_with_the_same_weights_with_the_cache_and_without_it(make_config, tmp_path):
+    runs = {setting: tmp_path / f"cache-{setting}" for setting in ("true", "false")}
+    for setting, run_dir in runs.items():
+        train(make_config(f"data.cache_images={setting}", "trainer.max_epochs=1", f"paths.output_dir={run_dir}"))
+    cached, uncached = (torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+                        for run_dir in runs.values())
+    assert all(torch.equal(cached[key], uncached[key]) for key in uncached)

@@ -2,6 +2,7 @@
 ``instantiate`` with what the data and the machine decide at run time. Training and the learning-rate finder build
 the same way."""
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from omegaconf import DictConfig
 
 from transferlab.data.datamodule import ImageFolderDataModule
 from transferlab.data.device_augment import use_device_augment
-from transferlab.data.features import CacheFeatures, caches_features
+from transferlab.data.features import CacheFeatures, caches_features, views_for
 from transferlab.errors import ConfigError
 from transferlab.layout import SPEED_PROBE, TRAINABILITY
 from transferlab.model.backbones import preprocessing_for
@@ -22,6 +23,8 @@ from transferlab.model.module import TransferClassifier, class_weights
 from transferlab.run.speed import CompileReport, compile_enabled, use_channels_last, uses_gpu
 from transferlab.run.speed_probe import SpeedProbe
 from transferlab.run.trainability import Trainability
+
+log = logging.getLogger(__name__)
 
 USER_ERRORS = (ConfigError, MisconfigurationException)  # what the user can fix: a message and exit code 2
 
@@ -78,13 +81,16 @@ def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule
     on the device where ``data.device_augment`` says so for this run."""
     mode = get_mode(cfg.mode.name)
     weights = mode.initial_weights(cfg.backbone.weights)
-    data = cfg.data
-    on_device = use_device_augment(data.get("device_augment", False), uses_gpu(cfg.trainer), bool(data.augment),
-                                   caches_features(data.cache_features, mode.backbone_trains(cfg.mode),
-                                                   bool(data.augment), data.cache_views))
+    data, augmented = cfg.data, bool(cfg.data.augment)
+    caches = caches_features(data.cache_features, mode.backbone_trains(cfg.mode), augmented, data.cache_views)
+    on_device = use_device_augment(data.get("device_augment", False), uses_gpu(cfg.trainer), augmented, caches)
+    settings = {"device_augment": on_device}
+    if caches and data.cache_images and views_for(data.cache_views, augmented, cfg.trainer.get("max_epochs")) == 1:
+        log.info("Image cache off: the feature cache reads each image once, so keeping it decoded saves nothing.")
+        settings["cache_images"] = False
     make_datamodule = build(data, _partial_=True)  # partial: the preprocessing stays an object
     return make_datamodule(preprocessing=preprocessing_for(cfg.backbone.name, weights), seed=cfg.seed,
-                           run_dir=str(output_dir), device_augment=on_device)
+                           run_dir=str(output_dir), **settings)
 
 
 def build_model(cfg: DictConfig, datamodule: ImageFolderDataModule) -> TransferClassifier:

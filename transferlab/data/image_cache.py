@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as F
@@ -73,8 +74,10 @@ class DecodedImageCache:
     def fill(self, paths: Sequence[str], num_workers: int = 0) -> None:
         """Decode and keep ``paths`` in order, stopping at the first that would exceed the budget."""
         paths = [path for path in dict.fromkeys(paths) if path not in self.arrays]
+        # a generator of its own: filling draws nothing from the global one, so a run's random stream (its head's
+        # initialisation, ...) is the same with the cache and without it
         decoded = DataLoader(_Decoded(paths, self.load, self.short_side), batch_size=None,
-                             num_workers=min(num_workers, len(paths)), collate_fn=_as_is)
+                             num_workers=min(num_workers, len(paths)), collate_fn=_as_is, generator=torch.Generator())
         kept = 0
         for path, array in zip(paths, decoded, strict=True):
             if self.nbytes + array.nbytes > self.max_bytes:
