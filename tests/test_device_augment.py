@@ -66,9 +66,10 @@ def test_device_augmentation_normalises_as_the_loader_does():
     torch.testing.assert_close(normalised, expected)
 
 
-def test_the_loader_serves_decoded_images_and_the_batch_is_augmented_after_the_copy(image_folder):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_serves_decoded_images_and_the_batch_is_augmented_after_the_copy(image_folder, workers):
     data = make_datamodule(image_folder, augment=[RandomResizedCrop(32), RandomHorizontalFlip()],
-                           device_augment=True)
+                           device_augment=True, num_workers=workers)
     data.setup("fit")
     images, labels = next(iter(data.train_dataloader()))
     assert isinstance(images, list) and {image.dtype for image in images} == {torch.uint8}
@@ -96,6 +97,11 @@ def test_a_run_with_device_augmentation_learns(make_config):
 def test_device_augmentation_is_on_with_a_gpu_where_there_is_augmentation_to_run(setting, on_gpu, augmented,
                                                                                  caches_features, expected):
     assert use_device_augment(setting, on_gpu, augmented, caches_features) is expected
+
+
+def test_a_data_module_given_the_unresolved_auto_augments_in_the_loader(image_folder):
+    data = make_datamodule(image_folder, augment=[RandomResizedCrop(32)], device_augment="auto")
+    assert data.device_augment is None  # the run resolves auto (build_datamodule); the class cannot see the trainer
 
 
 def test_an_unknown_device_augment_setting_is_refused():

@@ -84,7 +84,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         cache_max_gb: float = 2.0,
         cache_features: bool | str = "auto",
         cache_views: int | str | None = "auto",
-        device_augment: bool = False,
+        device_augment: bool | str = False,
         run_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -97,7 +97,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.preprocessing = preprocessing.at_size(image_size)
         self.augment = list(augment or [])
         self.device_augment = (DeviceAugment(self.augment, self.preprocessing.mean, self.preprocessing.std)
-                               if device_augment and self.augment else None)
+                               if device_augment is True and self.augment else None)  # "auto": resolved by the run
         self.train_transform = (uint8_tensor() if self.device_augment  # the rest on the device, per batch
                                 else self.preprocessing.train_transform(self.augment))
         self.eval_transform = self.preprocessing.eval_transform()
