@@ -109,6 +109,6 @@ def test_an_unknown_device_augment_setting_is_refused():
         use_device_augment("gpu", True, True, False)
 
 
-def test_the_default_feature_extract_run_augments_in_the_loader_for_its_cache(make_config, tmp_path):
+def test_the_feature_cache_keeps_augmentation_in_the_loader_even_when_the_device_is_asked_for(make_config, tmp_path):
     cfg = make_config("mode=feature_extract", "data.device_augment=true")
     assert build_datamodule(cfg, tmp_path).device_augment is None

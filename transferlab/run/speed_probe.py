@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from transferlab.files import write_json_atomically
-from transferlab.run.step_timing import StepShape, autocast_dtype, images_per_second
+from transferlab.run.step_timing import StepShape, images_per_second, is_mixed
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def variants_to_time(precision: str, channels_last: bool | str, device_type: str
     beside a mixed precision on a CPU. Fewer than two: nothing to decide."""
     formats = [False, True] if channels_last == "auto" else [bool(channels_last)]
     precisions = [precision]
-    if autocast_dtype(precision) is not None and device_type == "cpu":
+    if is_mixed(precision) and device_type == "cpu":
         precisions.append(FULL_PRECISION)
     pairs = [(p, f) for p in precisions for f in formats]
     return pairs if len(pairs) > 1 else []

@@ -9,13 +9,14 @@ import copy
 import statistics
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
-AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16,
-                   "16": torch.float16}
+MIXED_PRECISIONS = ("16-mixed", "bf16-mixed")  # Lightning's trainer.precision values that run under autocast
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,14 @@ class StepShape:
     train: bool
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a Lightning ``trainer.precision`` (``bf16-mixed``: bfloat16), None for full precision."""
-    return AUTOCAST_DTYPES.get(str(precision))
+def is_mixed(precision: str) -> bool:
+    """Whether a Lightning ``trainer.precision`` runs the forward pass under autocast."""
+    return str(precision) in MIXED_PRECISIONS
+
+
+def forward_context(precision: str, device: torch.device) -> AbstractContextManager:
+    """What Lightning wraps a forward pass in at ``precision``: its ``MixedPrecision`` plugin's autocast, or nothing."""
+    return MixedPrecision(precision, device.type).forward_context() if is_mixed(precision) else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -69,12 +75,10 @@ def images_per_second(model: nn.Module, shape: StepShape, device: torch.device, 
         labels = torch.randint(classes, (shape.batch_size,), generator=generator).to(device)
         trainable = [parameter for parameter in timed.parameters() if parameter.requires_grad]
         optimizer = torch.optim.SGD(trainable, lr=1e-3) if shape.train and trainable else None
-        dtype = autocast_dtype(precision)
 
         def step() -> float:
             started = time.perf_counter()
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), \
-                    torch.set_grad_enabled(shape.train):
+            with forward_context(precision, device), torch.set_grad_enabled(shape.train):
                 logits = timed(images)
             if optimizer is not None:
                 nn.functional.cross_entropy(logits.float(), labels).backward()
