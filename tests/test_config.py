@@ -99,7 +99,7 @@ def test_the_choice_check_knows_every_group_and_choice_of_the_entry_points_confi
     (["backbone=resnet101"], "backbone=resnet101: there is no conf/backbone/resnet101.yaml. resnet101 is a "
                              "torchvision model without a preset: backbone.name=resnet101 builds it with the default "
                              "preset (its classifier and stages found from the network). The choices of backbone "
-                             "are: resnet18, resnet50, torchvision, vgg16."),
+                             "are: resnet18, resnet50, timm, torchvision, vgg16."),
 ])
 def test_a_choice_conf_lacks_names_the_closest_and_every_valid_one(overrides, message):
     with pytest.raises(ConfigError) as error:

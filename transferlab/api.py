@@ -29,6 +29,7 @@ from transferlab.cli.overrides import CONFIG_DIR, check_group_choices, group_cho
 from transferlab.cli.predict import list_images, predict_files
 from transferlab.cli.train import train
 from transferlab.errors import ConfigError
+from transferlab.model.backbones import source_of
 from transferlab.model.checkpoint import load_classifier
 from transferlab.model.module import TransferClassifier
 from transferlab.model.prediction import Prediction
@@ -60,10 +61,16 @@ class FitResult:
 def training_overrides(data: str | Path | None, backbone: str, mode: str, overrides: Sequence[str]) -> list[str]:
     """The command-line overrides ``fit``'s arguments stand for, then ``overrides`` (which win).
 
-    ``backbone`` is a preset of ``conf/backbone/`` or any torchvision model name (with the default preset).
+    ``backbone`` is a preset of ``conf/backbone/``, any torchvision model name (with the default preset) or any timm
+    model name (``backbone=timm``).
     """
-    preset = backbone in group_choices(CONFIG_DIR)["backbone"]
-    chosen = [f"backbone={backbone}" if preset else f"backbone.name={backbone}", f"mode={mode}"]
+    if backbone in group_choices(CONFIG_DIR)["backbone"]:
+        chosen = [f"backbone={backbone}"]
+    elif source_of(backbone) == "timm":
+        chosen = ["backbone=timm", f"backbone.name={backbone}"]
+    else:
+        chosen = [f"backbone.name={backbone}"]
+    chosen.append(f"mode={mode}")
     if data is not None:
         chosen = ["data=image_folder", f"data.root={Path(data).expanduser().resolve()}", *chosen]
     return [*chosen, *overrides]

@@ -30,8 +30,8 @@ from transferlab.data.sampling import stratified_sample
 from transferlab.errors import ConfigError
 from transferlab.files import write_json_atomically, write_text_atomically
 from transferlab.layout import ADVICE_JSON, ADVICE_MD
-from transferlab.model.backbones import build_backbone, check_name, preprocessing_for
-from transferlab.model.stages import WHOLE, find_stages
+from transferlab.model.backbones import BackboneSpec, source_of
+from transferlab.model.stages import WHOLE
 from transferlab.model.transferability import linear_probe_accuracy, logme
 from transferlab.run import advice as rule
 from transferlab.run.speed import use_channels_last
@@ -39,17 +39,14 @@ from transferlab.run.speed import use_channels_last
 log = logging.getLogger(__name__)
 
 OWN_KEYS = ("backbones", "backbone", "sample_per_class", "device", "hydra")  # overrides the train command leaves out
-DEFAULT_WEIGHTS = "DEFAULT"
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One backbone to measure: a torchvision name, its weights and classifier path, and its label in the table."""
+    """One backbone to measure, and its label in the table."""
 
     label: str
-    name: str
-    weights: str | None
-    classifier: str | None
+    backbone: BackboneSpec
 
 
 def backbone_group(name: str) -> dict | None:
@@ -62,14 +59,24 @@ def backbone_group(name: str) -> dict | None:
     return OmegaConf.to_container(OmegaConf.merge(*bases, group))
 
 
-def candidates(cfg: DictConfig) -> list[Candidate]:
-    """The backbones of ``backbones`` (names, or ``{name, weights, classifier}``); null: the configured backbone.
+def preset_for(backbone: BackboneSpec) -> tuple[str, dict]:
+    """The conf/backbone/ choice a backbone is spelled from, and its values: its own preset (``resnet50``) where
+    one exists for its source, else its source's (``torchvision``, ``timm``)."""
+    own = backbone_group(backbone.name)
+    if own is not None and own.get("source", "torchvision") == backbone.source:
+        return backbone.name, own
+    return backbone.source, backbone_group(backbone.source) or {}
 
-    A name takes the configured ``backbone.weights`` and its own group's classifier (``conf/backbone/NAME.yaml``).
+
+def candidates(cfg: DictConfig) -> list[Candidate]:
+    """The backbones of ``backbones`` (names, or ``{name, weights, classifier, source}``); null: the configured one.
+
+    A name takes the configured ``backbone.weights``, its own group's classifier (``conf/backbone/NAME.yaml``) and
+    the source that has it (torchvision first, then timm), unless it is the configured backbone's name.
     """
     entries = cfg.get("backbones")
     if entries is None:
-        entries = [{"name": cfg.backbone.name, "weights": cfg.backbone.weights, "classifier": cfg.backbone.classifier}]
+        entries = [OmegaConf.to_container(cfg.backbone)]
     elif OmegaConf.is_list(entries) and len(entries) > 0:
         entries = OmegaConf.to_container(entries)
     else:
@@ -79,28 +86,28 @@ def candidates(cfg: DictConfig) -> list[Candidate]:
     for entry in entries:
         entry = {"name": entry} if isinstance(entry, str) else entry
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise ConfigError(f"backbones entry {entry!r} is neither a torchvision model name nor a mapping with a "
-                              "name, e.g. {name:resnet18,weights:null}.")
-        check_name(entry["name"])
+            raise ConfigError(f"backbones entry {entry!r} is neither a model name nor a mapping with a name, e.g. "
+                              "{name:resnet18,weights:null} or {name:convnext_nano,source:timm}.")
+        configured = entry["name"] == cfg.backbone.name
+        source = entry.get("source") or (cfg.backbone.get("source") if configured else source_of(entry["name"]))
         group = backbone_group(entry["name"]) or {}
-        default_classifier = cfg.backbone.classifier if entry["name"] == cfg.backbone.name else group.get("classifier")
-        weights = entry.get("weights", cfg.backbone.weights)
-        label = entry["name"] if weights == DEFAULT_WEIGHTS else f"{entry['name']} ({_describe(weights)})"
+        backbone = BackboneSpec.from_config({
+            "name": entry["name"], "source": source, "weights": entry.get("weights", cfg.backbone.weights),
+            "classifier": entry.get("classifier", cfg.backbone.classifier if configured else group.get("classifier")),
+            "stages": entry.get("stages", cfg.backbone.get("stages") if configured else group.get("stages"))})
+        backbone.check()
+        label = backbone.label()
         label = entry.get("label") or (label if label not in labels else f"{label} #{len(found) + 1}")
         labels.add(label)
-        found.append(Candidate(label, entry["name"], weights, entry.get("classifier", default_classifier)))
+        found.append(Candidate(label, backbone))
     return found
-
-
-def _describe(weights: str | None) -> str:
-    return "random init" if weights is None else Path(weights).name
 
 
 def measure(candidate: Candidate, datamodule: ImageFolderDataModule, sets: tuple[Dataset, Dataset], device: Any,
             channels_last: bool) -> rule.Measurement:
     """The frozen backbone's features of the sampled train and val sets, timed; probe accuracy and LogME."""
     torch.manual_seed(datamodule.seed)  # a random init is the same in every run
-    network = build_backbone(candidate.name, candidate.weights, candidate.classifier).network
+    network = candidate.backbone.build().network
     started = time.perf_counter()
     train_features, train_labels = frozen_features(network, sets[0], datamodule.batch_size, datamodule.num_workers,
                                                    device, channels_last)
@@ -111,15 +118,16 @@ def measure(candidate: Candidate, datamodule: ImageFolderDataModule, sets: tuple
     log.info("%s: features of %d train and %d val images in %.1f s", candidate.label, len(train_labels),
              len(val_labels), seconds)
     return rule.Measurement(
-        label=candidate.label, name=candidate.name, weights=candidate.weights, classifier=candidate.classifier,
+        label=candidate.label, backbone=candidate.backbone,
         probe_accuracy=linear_probe_accuracy(train_features, train_labels, val_features, val_labels),
         logme=logme(train_features, train_labels), feature_dim=train_features.shape[1],
-        seconds_per_image=seconds / images, images_measured=images, stages=stage_count(network, candidate.name))
+        seconds_per_image=seconds / images, images_measured=images,
+        stages=stage_count(network, candidate.backbone))
 
 
-def stage_count(network: torch.nn.Module, name: str) -> int | None:
+def stage_count(network: torch.nn.Module, backbone: BackboneSpec) -> int | None:
     """How many stages ``mode=partial`` can train in this backbone (None: its layout has no stages to find)."""
-    stages = find_stages(network, name, (backbone_group(name) or {}).get("stages"), strict=False)
+    stages = backbone.find_stages(network, strict=False)
     return None if [stage.name for stage in stages] == [WHOLE] else len(stages)
 
 
@@ -148,7 +156,7 @@ def advise(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any
     datamodules: dict[Any, ImageFolderDataModule] = {}  # one per distinct preprocessing (resize, crop, mean, std)
     measurements = []
     for candidate in chosen:
-        preprocessing = preprocessing_for(candidate.name, candidate.weights)
+        preprocessing = candidate.backbone.preprocessing()
         key = preprocessing.at_size(cfg.data.image_size)
         if key not in datamodules:
             datamodules[key] = build(cfg.data, _partial_=True)(preprocessing=preprocessing, seed=cfg.seed,
@@ -169,7 +177,7 @@ def advise(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any
                                 rule.estimated_run_seconds(measurement.seconds_per_image, data,
                                                            cfg.trainer.max_epochs, recommendation.mode),
                                 rule.train_command(shared, measurement, recommendation,
-                                                   backbone_group(measurement.name))))
+                                                   *preset_for(measurement.backbone))))
     context = {"data_root": str(datamodule.root), "sample_per_class": per_class, "image_size": cfg.data.image_size,
                "device": str(device), "epochs": cfg.trainer.max_epochs}
     report = rule.render(rows, data, context)

@@ -17,7 +17,7 @@ from transferlab.data.device_augment import use_device_augment
 from transferlab.data.features import CacheFeatures, caches_features, views_for
 from transferlab.errors import ConfigError
 from transferlab.layout import SPEED_PROBE, TRAINABILITY
-from transferlab.model.backbones import preprocessing_for
+from transferlab.model.backbones import BackboneSpec
 from transferlab.model.modes import Mode, get_mode
 from transferlab.model.module import TransferClassifier, class_weights
 from transferlab.run.speed import CompileReport, compile_enabled, use_channels_last, uses_gpu
@@ -89,7 +89,8 @@ def build_datamodule(cfg: DictConfig, output_dir: Path) -> ImageFolderDataModule
         log.info("Image cache off: the feature cache reads each image once, so keeping it decoded saves nothing.")
         settings["cache_images"] = False
     make_datamodule = build(data, _partial_=True)  # partial: the preprocessing stays an object
-    return make_datamodule(preprocessing=preprocessing_for(cfg.backbone.name, weights), seed=cfg.seed,
+    preprocessing = BackboneSpec.from_config(cfg.backbone, weights=weights).preprocessing()
+    return make_datamodule(preprocessing=preprocessing, seed=cfg.seed,
                            run_dir=str(output_dir), **settings)
 
 

@@ -22,7 +22,7 @@ from transferlab.cli.build import USER_ERRORS, build, build_callbacks, build_dat
 from transferlab.cli.overrides import CONFIG_DIR, exit_on_bad_choices
 from transferlab.errors import ConfigError
 from transferlab.layout import LR_FIND_JSON, LR_FIND_PNG, last_checkpoint
-from transferlab.model.backbones import check_name
+from transferlab.model.backbones import BackboneSpec
 from transferlab.model.modes import get_mode
 from transferlab.ranks import check_launch
 from transferlab.run.advice import hydra_override
@@ -51,7 +51,7 @@ def find_lr(cfg: DictConfig, output_dir: Path | None = None) -> LrFinding:
     settings = LrFindSettings.from_config(cfg.get("lr_find"))
     cfg = with_lr(cfg, settings.min_lr)  # any number: the finder sets every group's rate itself
     pl.seed_everything(cfg.seed, workers=True)
-    check_name(cfg.backbone.name)
+    BackboneSpec.from_config(cfg.backbone).check()
     mode = get_mode(cfg.mode.name)
     datamodule = build_datamodule(cfg, output_dir)
     datamodule.prepare_data()

@@ -15,7 +15,7 @@ from hydra.core.override_parser.types import ChoiceSweep, Override
 from hydra.errors import HydraException
 
 from transferlab.errors import ConfigError
-from transferlab.model.backbones import classification_models
+from transferlab.model.backbones import get_source
 
 # conf/, installed as the package transferlab.conf (the repository's conf/ itself in an editable install): where every
 # Hydra entry point reads its configuration
@@ -39,11 +39,18 @@ def group_choices(config_dir: str | Path) -> dict[str, list[str]]:
 
 
 def _backbone_hint(choice: str) -> str | None:
-    """backbone=resnet101 asks for a torchvision model without a preset: backbone.name builds it."""
-    if choice not in classification_models():
+    """backbone=resnet101 asks for a torchvision model without a preset: backbone.name builds it; backbone=convnext_nano
+    for a timm model: backbone=timm backbone.name=... builds it."""
+    if choice in get_source("torchvision").models():
+        return (f"{choice} is a torchvision model without a preset: backbone.name={choice} builds it with the "
+                "default preset (its classifier and stages found from the network).")
+    try:
+        timm_models = get_source("timm").models()
+    except ConfigError:  # timm is not installed
         return None
-    return (f"{choice} is a torchvision model without a preset: backbone.name={choice} builds it with the default "
-            "preset (its classifier and stages found from the network).")
+    if choice in timm_models:
+        return f"{choice} is a timm model: backbone=timm backbone.name={choice} builds it."
+    return None
 
 
 HINTS: dict[str, Callable[[str], str | None]] = {"backbone": _backbone_hint}  # group: advice for an unknown choice

@@ -20,7 +20,7 @@ from transferlab.cli.find_lr import learning_rate
 from transferlab.cli.overrides import CONFIG_DIR, exit_on_bad_choices
 from transferlab.files import write_json_atomically
 from transferlab.layout import FAILURE, RESULTS
-from transferlab.model.backbones import check_name
+from transferlab.model.backbones import BackboneSpec
 from transferlab.model.modes import get_mode
 from transferlab.ranks import check_launch, is_global_zero, log_to_console_only
 from transferlab.run import folder as run_folder
@@ -49,7 +49,7 @@ def _train(cfg: DictConfig, output_dir: Path, callbacks: list[Callback] | None) 
 
     cfg, found = learning_rate(cfg, output_dir)  # optimizer.lr=find: searched first, then training seeds as usual
     pl.seed_everything(cfg.seed, workers=True)
-    check_name(cfg.backbone.name)
+    BackboneSpec.from_config(cfg.backbone).check()
     mode = get_mode(cfg.mode.name)
     if mode.pretrained and cfg.backbone.weights is None:
         log.warning("mode=%s with backbone.weights=null starts from a random backbone, so it transfers nothing and "

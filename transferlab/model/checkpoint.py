@@ -13,7 +13,7 @@ import torch
 
 from transferlab.data.transforms import Preprocessing
 from transferlab.errors import ConfigError
-from transferlab.model.backbones import preprocessing_for
+from transferlab.model.backbones import DEFAULT_SOURCE, preprocessing_for
 from transferlab.model.loading import load_safely
 from transferlab.model.module import TransferClassifier
 
@@ -59,7 +59,7 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ConfigError(
             f"ckpt={path}: its tensors do not fit the model its own hyper-parameters describe "
             f"(backbone {hparams['backbone']}, {len(hparams['class_names'])} classes): {summary}. Was it written "
-            "by another transferlab or torchvision version?"
+            "by another transferlab, torchvision or timm version?"
         ) from error
     model.eval()
     model.requires_grad_(False)
@@ -68,7 +68,8 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def _derived_preprocessing(hparams: dict[str, Any]) -> Preprocessing:
     """For checkpoints written before the preprocessing was stored: the weights' preset at the image size."""
-    return preprocessing_for(hparams["backbone"], hparams.get("weights")).at_size(hparams.get("image_size"))
+    source = hparams.get("source", DEFAULT_SOURCE)
+    return preprocessing_for(hparams["backbone"], hparams.get("weights"), source).at_size(hparams.get("image_size"))
 
 
 def preprocessing(model: TransferClassifier) -> Preprocessing:

@@ -1,4 +1,4 @@
-"""The LightningModule: a torchvision backbone, a new head, cross-entropy, accuracy."""
+"""The LightningModule: a pretrained backbone (torchvision or timm), a new head, cross-entropy, accuracy."""
 
 import inspect
 from collections.abc import Mapping, Sequence
@@ -11,10 +11,9 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from transferlab.errors import ConfigError
-from transferlab.model.backbones import build_backbone, preprocessing_for
+from transferlab.model.backbones import DEFAULT_SOURCE, BackboneSpec
 from transferlab.model.heads import build_head
 from transferlab.model.modes import PlannedStage, get_mode, plan_stages
-from transferlab.model.stages import find_stages
 
 CLASS_WEIGHTS = ("balanced",)
 # What the optimizer and scheduler ``_target_`` of hyper-parameters read from a checkpoint may name: a class
@@ -36,14 +35,15 @@ def class_weights(setting: str | None, counts: list[int]) -> list[float] | None:
 
 
 class TransferClassifier(pl.LightningModule):
-    """A classifier made of ``self.backbone`` (a torchvision model without its classifier) and ``self.head``.
+    """A classifier made of ``self.backbone`` (a network without its classifier) and ``self.head``.
 
     Arguments are primitives, so ``TransferClassifier.load_from_checkpoint(path, weights=None)``
-    rebuilds it without Hydra or a download. ``weights`` is what the backbone starts from (none when
-    the ``mode`` starts from random init); ``preprocessing`` (``Preprocessing.to_dict()``) is the
-    input pipeline the model is trained and validated with, kept in the checkpoint; by default that
-    of ``weights`` at its native size. ``optimizer`` and ``scheduler`` are Hydra ``_target_``
-    configs (partials) that ``configure_optimizers`` completes with the parameters. ``channels_last``
+    rebuilds it without Hydra or a download. ``source`` is where the backbone comes from (``torchvision``,
+    ``timm``: ``transferlab.model.backbones``; checkpoints without it are torchvision's). ``weights`` is what
+    the backbone starts from (none when the ``mode`` starts from random init); ``preprocessing``
+    (``Preprocessing.to_dict()``) is the input pipeline the model is trained and validated with, kept in the
+    checkpoint; by default that of ``weights`` at its native size. ``optimizer`` and ``scheduler`` are Hydra
+    ``_target_`` configs (partials) that ``configure_optimizers`` completes with the parameters. ``channels_last``
     stores the backbone's weights and its input batches NHWC, which convolutions
     on tensor-core GPUs (and some CPUs) run faster.
     """
@@ -66,14 +66,16 @@ class TransferClassifier(pl.LightningModule):
         channels_last: bool = False,
         stages: list[str] | None = None,
         mode_settings: dict[str, Any] | None = None,
+        source: str = DEFAULT_SOURCE,
     ) -> None:
         super().__init__()
         # save_hyperparameters() reads the arguments' current values: the weights actually started
         # from, and the preprocessing actually used, are what the checkpoint records.
         weights = get_mode(mode).initial_weights(weights)
-        preprocessing = preprocessing or preprocessing_for(backbone, weights).to_dict()
+        spec = BackboneSpec(backbone, weights, classifier, tuple(stages) if stages else None, source)
+        preprocessing = preprocessing or spec.preprocessing().to_dict()
         self.save_hyperparameters()
-        built = build_backbone(backbone, weights, classifier, class_names)
+        built = spec.build(class_names)
         self.backbone = built.network
         self.head = build_head(built.num_features, len(class_names), head_hidden or [], head_dropout)
         if built.head_state is not None:
@@ -89,7 +91,7 @@ class TransferClassifier(pl.LightningModule):
             self.set_channels_last(True)
         schedule = get_mode(mode).schedule(mode_settings)
         layer_decay = (optimizer or {}).get("layer_decay", 1.0)
-        found = find_stages(self.backbone, backbone, stages, strict=schedule.per_stage or layer_decay != 1)
+        found = spec.find_stages(self.backbone, strict=schedule.per_stage or layer_decay != 1)
         self.stage_plan: list[PlannedStage] = plan_stages(found, schedule, backbone_lr_ratio, layer_decay)
 
     def set_channels_last(self, enabled: bool) -> None:

@@ -13,7 +13,7 @@ to the last. So training every stage trains the whole backbone, and training non
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -51,13 +51,15 @@ class Stage:
         return any(isinstance(m, _BatchNorm) for module in self.modules(network) for m in module.modules())
 
 
-def find_stages(network: nn.Module, name: str, paths: Sequence[str] | None = None, strict: bool = True) -> list[Stage]:
-    """The stages of backbone ``name`` (input to output): ``paths`` (``backbone.stages``) or the family rule.
+def find_stages(network: nn.Module, name: str, paths: Sequence[str] | None = None, strict: bool = True,
+                rule: Callable[[nn.Module, str], list[tuple[str, list[str]]]] | None = None) -> list[Stage]:
+    """The stages of backbone ``name`` (input to output): ``paths`` (``backbone.stages``), else ``rule`` (its
+    source's: stage names and the module paths each starts from), else the family rule.
 
     ``strict=False`` (for runs that treat all stages alike) turns a layout that cannot be split into one stage.
     """
     try:
-        roots = _resolve(network, name, list(paths)) if paths else _family_rule(network, name)
+        roots = _resolve(network, name, list(paths)) if paths else (rule or family_rule)(network, name)
         return _partition(network, name, roots)
     except ConfigError as error:
         if strict:
@@ -84,7 +86,7 @@ def _resolve(network: nn.Module, name: str, paths: list[str]) -> list[tuple[str,
     return roots
 
 
-def _family_rule(network: nn.Module, name: str) -> list[tuple[str, list[str]]]:
+def family_rule(network: nn.Module, name: str) -> list[tuple[str, list[str]]]:
     """The stages the structure shows: blocks of the first container that has two or more, else max-pool splits."""
     for container_path in CONTAINERS:
         try:

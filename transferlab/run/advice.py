@@ -13,6 +13,9 @@ LogME ranks the backbones on this data set and is not thresholded.
 import re
 import shlex
 from dataclasses import asdict, dataclass
+from typing import Any
+
+from transferlab.model.backbones import BackboneSpec
 
 LARGE_IMAGES_PER_CLASS = 1000  # training images per class from which a data set counts as large
 SIMILAR_PROBE_SKILL = 0.7  # (probe accuracy - chance) / (1 - chance) from which the features count as similar
@@ -45,9 +48,7 @@ class Measurement:
     """What advise measured for one backbone with its weights (``label`` tells entries apart in the table)."""
 
     label: str
-    name: str
-    weights: str | None
-    classifier: str | None
+    backbone: BackboneSpec
     probe_accuracy: float
     logme: float
     feature_dim: int
@@ -123,19 +124,13 @@ def hydra_override(key: str, value: object) -> str:
 
 
 def train_command(passthrough: list[str], measurement: Measurement, recommendation: Recommendation,
-                  group: dict | None) -> str:
+                  preset: str, group: dict[str, Any]) -> str:
     """The ``python -m transferlab.train`` command for this backbone and mode.
 
-    ``passthrough``: the user's overrides that train shares (data.*, seed, ...); ``group``: the backbone's
-    conf/backbone/NAME.yaml as a dict, or None when it has none (then name, weights and classifier are spelled out).
+    ``passthrough``: the user's overrides that train shares (data.*, seed, ...); ``preset``: the conf/backbone/
+    choice the backbone is spelled from, ``group`` its values (``transferlab.model.backbones.BackboneSpec.overrides``).
     """
-    if group is not None:
-        backbone = [f"backbone={measurement.name}"]
-        backbone += [hydra_override(f"backbone.{key}", getattr(measurement, key)) for key in ("weights", "classifier")
-                     if getattr(measurement, key) != group.get(key)]
-    else:
-        backbone = [hydra_override(f"backbone.{key}", getattr(measurement, key))
-                    for key in ("name", "weights", "classifier")]
+    backbone = [hydra_override(key, value) for key, value in measurement.backbone.overrides(preset, group)]
     return " ".join(["python -m transferlab.train", *map(shlex.quote, passthrough), *backbone,
                      recommendation.overrides])
 
@@ -159,7 +154,10 @@ class Advice:
     command: str
 
     def to_dict(self, rank: int) -> dict:
-        return {"rank": rank, **asdict(self.measurement), **asdict(self.recommendation),
+        measured = asdict(self.measurement)
+        # the backbone's stage list is in the command; "stages" here is how many it has (``Measurement.stages``)
+        backbone = {key: value for key, value in measured.pop("backbone").items() if key != "stages"}
+        return {"rank": rank, "label": measured.pop("label"), **backbone, **measured, **asdict(self.recommendation),
                 "estimated_run_s": round(self.estimated_run_s, 1), "command": self.command}
 
 

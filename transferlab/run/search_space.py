@@ -14,8 +14,7 @@ import torch
 from hydra import compose
 from omegaconf import DictConfig
 
-from transferlab.model.backbones import build_backbone
-from transferlab.model.stages import find_stages
+from transferlab.model.backbones import BackboneSpec
 
 if TYPE_CHECKING:
     from optuna.trial import Trial
@@ -38,8 +37,7 @@ def mode_settings(cfg: DictConfig, trial: "Trial") -> None:
         return
     if STAGES_SETTING not in mode_keys(str(trial.params.get("mode", cfg.mode.name))):
         return
-    stages = cfg.backbone.get("stages")
-    count = stage_count(cfg.backbone.name, cfg.backbone.get("classifier"), tuple(stages) if stages else None)
+    count = stage_count(BackboneSpec.from_config(cfg.backbone, weights=None))
     if count < 2:
         log.warning("Backbone %s has %d stage(s): %s is not searched; the trial keeps its configured value.",
                     cfg.backbone.name, count, key)
@@ -54,11 +52,11 @@ def mode_keys(name: str) -> frozenset[str]:
 
 
 @functools.cache
-def stage_count(name: str, classifier: str | None, stages: tuple[str, ...] | None) -> int:
-    """How many stages ``mode=partial`` sees in backbone ``name`` (``backbone.stages``, or the family rule)."""
+def stage_count(spec: BackboneSpec) -> int:
+    """How many stages ``mode=partial`` sees in the backbone (``backbone.stages``, or its source's rule)."""
     try:
         with torch.device("meta"):  # the structure without memory or initialisation time
-            network = build_backbone(name, None, classifier).network
+            network = spec.build().network
     except (RuntimeError, NotImplementedError):  # a network that reads its own fresh weights (RegNet)
-        network = build_backbone(name, None, classifier).network
-    return len(find_stages(network, name, stages, strict=False))
+        network = spec.build().network
+    return len(spec.find_stages(network, strict=False))
