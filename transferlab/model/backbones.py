@@ -107,9 +107,9 @@ class BackboneSource(ABC):
             return
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f"Did you mean {', '.join(close)}? " if close else ""
-        listing = ", ".join(known) if len(known) <= 150 else f"{len(known)} names; list them with {self.listing}"
-        raise ConfigError(f"backbone.name={name!r} is not a {self.name} classification model. {hint}Choose one of: "
-                          f"{listing}.")
+        choices = (f"Choose one of: {', '.join(known)}." if len(known) <= 150 else
+                   f"It has {len(known)} models; list them with {self.listing}.")
+        raise ConfigError(f"backbone.name={name!r} is not a {self.name} classification model. {hint}{choices}")
 
     listing = ""  # how a user lists the names, where there are too many to print
 

@@ -94,7 +94,7 @@ def family_rule(network: nn.Module, name: str) -> list[tuple[str, list[str]]]:
         except AttributeError:
             continue
         blocks = [_join(container_path, n) for n, child in container.named_children()
-                  if _is_block(child) and not AUXILIARY.search(n)]
+                  if is_block(child) and not AUXILIARY.search(n)]
         if len(blocks) >= 2:
             return [(path, [path]) for path in blocks]
         if container_path and isinstance(container, nn.Sequential) and not blocks:
@@ -106,7 +106,7 @@ def family_rule(network: nn.Module, name: str) -> list[tuple[str, list[str]]]:
                         "Set backbone.stages to its stages.")
 
 
-def _is_block(module: nn.Module) -> bool:
+def is_block(module: nn.Module) -> bool:
     """A block holds sub-blocks (a child with children of its own), unlike a plain conv/norm/activation layer."""
     return any(next(child.children(), None) is not None for child in module.children())
 

@@ -26,10 +26,11 @@ from transferlab.model.backbones import (
     load_weights_file,
     with_limits,
 )
-from transferlab.model.stages import family_rule
+from transferlab.model.stages import family_rule, is_block
 
 INSTALL = "pip install 'transferlab[timm]'"
 DEFAULT_WEIGHTS = "DEFAULT"
+JOINS_PREVIOUS = (99999,)  # a group_matcher suffix: these parameters join the group before them (timm's own mark)
 
 
 def _timm() -> Any:
@@ -142,11 +143,12 @@ def _download_pretrained(timm: Any, name: str, weights: str, cfg: Any) -> nn.Mod
 
 
 def group_rule(network: nn.Module, name: str) -> list[tuple[str, list[str]]]:
-    """The stages of timm's coarse ``group_matcher`` (one per stage or block), as modules they own whole.
+    """The stages of timm's coarse ``group_matcher`` (one per stage or block), as the modules they own whole.
 
-    The stem group, and any group of plain layers (a final norm), stands before or after a stage and is
-    left out: ``transferlab.model.stages`` gives it to the stage that follows it, or to the last.
-    Networks without a matcher use the family rule.
+    A group is a stage when its parameters match one of the matcher's stage patterns (``blocks``, ``stages``; not
+    ``stem``, and not the patterns that join the previous group): the stem group, and what no pattern matches (a
+    head's norm), stand before or after the stages, and ``transferlab.model.stages`` gives them to the stage that
+    follows, or to the last. Networks without a matcher use the family rule.
     """
     matcher = getattr(network, "group_matcher", None)
     if matcher is None:
@@ -154,17 +156,30 @@ def group_rule(network: nn.Module, name: str) -> list[tuple[str, list[str]]]:
     from timm.models import group_parameters
 
     spec = matcher(coarse=True)
+    patterns = _stage_patterns(spec)
     groups = group_parameters(network, spec)
-    stem = re.compile(spec["stem"]) if isinstance(spec, dict) and isinstance(spec.get("stem"), str) else None
     roots = []
     for index in sorted(groups):
         names = set(groups[index])
-        if stem is not None and all(stem.match(n) for n in names):
-            continue
         owned = _owned_whole(network, names)
-        if any(next(network.get_submodule(path).children(), None) is not None for path in owned):
+        is_stage = (any(p.match(n) for p in patterns for n in names) if patterns is not None else
+                    any(is_block(network.get_submodule(path)) for path in owned))
+        if is_stage and owned:
             roots.append((owned[0], owned))
     return roots if len(roots) >= 2 else family_rule(network, name)
+
+
+def _stage_patterns(spec: Any) -> list[re.Pattern] | None:
+    """The regexes of a dict matcher that start a stage; None for a matcher given as a function."""
+    if not isinstance(spec, dict):
+        return None
+    patterns = []
+    for key, value in spec.items():
+        if key == "stem" or value is None:
+            continue
+        entries = value if isinstance(value, list | tuple) else [(value, None)]
+        patterns += [re.compile(pattern) for pattern, suffix in entries if tuple(suffix or ()) != JOINS_PREVIOUS]
+    return patterns
 
 
 def _owned_whole(network: nn.Module, parameter_names: set[str]) -> list[str]:
