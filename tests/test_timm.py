@@ -270,3 +270,22 @@ def compose_args(best: Path, image_folder: Path, tmp_path: Path):
     from omegaconf import OmegaConf
     return OmegaConf.create({"ckpt": str(best), "data": {"root": str(image_folder)}, "split": "val",
                              "output": str(tmp_path / "ev"), "batch_size": 12, "num_workers": 0, "device": "cpu"})
+
+
+def test_advise_ranks_timm_and_torchvision_backbones_in_one_table(tmp_path, lite0_weights):
+    from test_advise import compose_advise
+    from transferlab.cli.advise import advise
+
+    folder = shapes(tmp_path / "shapes", per_class=12)
+    cfg = compose_advise(tmp_path / "advice", f"data.root={folder}", "data.image_size=64", "sample_per_class=12",
+                         f"backbones=[{{name:resnet18,weights:null}},{{name:{LITE0_MODEL},weights:'{lite0_weights}'}}]")
+    advice = advise(cfg, [f"data.root={folder}"])
+    first, second = advice["backbones"]
+    assert (first["name"], first["source"], second["name"], second["source"]) == \
+        (LITE0_MODEL, "timm", "resnet18", "torchvision")  # real ImageNet features rank above random ones
+    assert first["logme"] > second["logme"] and first["probe_accuracy"] > second["probe_accuracy"]
+    assert first["stages"] == 7
+    assert advice["command"] == (f"python -m transferlab.train data.root={folder} backbone=timm "
+                                 f"backbone.name={LITE0_MODEL} backbone.weights={lite0_weights} "
+                                 f"mode={first['mode']}" + (" mode.trainable_stages=3" if first["mode"] == "partial"
+                                                            else ""))
