@@ -59,12 +59,6 @@ class WeightsPreprocessing(Preprocessing):
 
     def at_size(self, image_size: int | None) -> Preprocessing:
         """The plain ``Preprocessing`` at ``image_size``; a ConfigError for a size the backbone cannot take."""
-        if image_size is not None and self.fixed_size is not None and image_size != self.fixed_size:
-            raise ConfigError(
-                f"data.image_size={image_size} does not fit backbone {self.backbone}: it takes only "
-                f"{self.fixed_size} px inputs (its position embeddings are made for that size). Set "
-                f"data.image_size={self.fixed_size}, or choose a convolutional backbone to train at another size."
-            )
         if image_size is not None and image_size < self.min_size:
             why = (self.min_size_origin if self.min_size > CNN_MIN_SIZE else
                    f"its five stride-2 reductions take {CNN_MIN_SIZE} px down to 1x1")
@@ -72,6 +66,12 @@ class WeightsPreprocessing(Preprocessing):
                 f"data.image_size={image_size} is smaller than backbone {self.backbone} can take: its smallest input "
                 f"is {self.min_size} px ({why}). Set data.image_size={self.min_size} or more; its weights were "
                 f"trained at {self.crop_size}."
+            )
+        if image_size is not None and self.fixed_size is not None and image_size != self.fixed_size:
+            raise ConfigError(
+                f"data.image_size={image_size} does not fit backbone {self.backbone}: it takes only "
+                f"{self.fixed_size} px inputs (its position embeddings are made for that size). Set "
+                f"data.image_size={self.fixed_size}, or choose a convolutional backbone to train at another size."
             )
         return self.plain().at_size(image_size)
 
