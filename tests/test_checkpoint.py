@@ -52,9 +52,13 @@ def test_a_reloaded_model_keeps_the_preprocessing_of_the_weights_it_started_from
 def test_an_older_checkpoint_without_stored_preprocessing_derives_it(tmp_path):
     model = TransferClassifier("resnet18", ["a", "b"], weights=None)
     path = tmp_path / "old.ckpt"
-    hparams = {key: value for key, value in model.hparams.items() if key != "preprocessing"}
+    # written before backbones had a source (torchvision's, then) and before the preprocessing was stored
+    hparams = {key: value for key, value in model.hparams.items() if key not in ("preprocessing", "source")}
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": {**hparams, "image_size": 64}}, path)
-    assert preprocessing(load_classifier(path)) == Preprocessing(64, 73, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    loaded = load_classifier(path)
+    assert preprocessing(loaded) == Preprocessing(64, 73, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert loaded.hparams.source == "torchvision"
+    torch.testing.assert_close(loaded(torch.ones(1, 3, 64, 64)), model.eval()(torch.ones(1, 3, 64, 64)))
 
 
 # --- files that must not load: the real reason, first, in one sentence ---------------------------
