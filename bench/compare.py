@@ -185,15 +185,23 @@ def hydra_value(value: str | Path) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def backbone_overrides(backbone: str, weights: Path) -> list[str]:
+    """transferlab's backbone settings for ``backbone`` (a torchvision or a timm name) from the ``weights`` file."""
+    from transferlab.model.backbones import source_of
+
+    if source_of(backbone) == "timm":  # timm's own head replacement: nothing to point at
+        return ["backbone=timm", f"backbone.name={backbone}", f"backbone.weights={hydra_value(weights.resolve())}"]
+    # the same layer the reference replaces (for VGG its last Linear, not transferlab's default whole classifier)
+    return [f"backbone.name={backbone}", f"backbone.weights={hydra_value(weights.resolve())}",
+            f"backbone.classifier={head_path(backbone)}"]
+
+
 def transferlab_overrides(args: argparse.Namespace, weights: Path, output_dir: Path, extra: list[str]) -> list[str]:
     """Hydra overrides that give transferlab the reference's data, model, mode and loader settings."""
     return [
         "data=image_folder",  # the folder given, no download settings
         f"data.root={hydra_value(Path(args.data).resolve())}",
-        f"backbone.name={args.backbone}",
-        f"backbone.weights={hydra_value(weights.resolve())}",
-        # the same layer the reference replaces (for VGG its last Linear, not transferlab's default whole classifier)
-        f"backbone.classifier={head_path(args.backbone)}",
+        *backbone_overrides(args.backbone, weights),
         f"mode={args.mode}",
         f"data.batch_size={args.batch_size}",
         f"data.num_workers={args.workers}",

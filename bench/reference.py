@@ -4,6 +4,11 @@ Two ``ImageFolder`` splits (``train/``, ``val/``), a ``DataLoader`` each, a trai
 per epoch, cross-entropy, SGD (lr 0.001, momentum 0.9), StepLR (7 epochs, x0.1), and the best
 val weights kept in memory with ``copy.deepcopy``. ``train_reference`` times it the way
 ``bench/compare.py`` times transferlab.
+
+Besides the tutorial's three modes, ``partial`` (only the top K stages and the new classifier train; the rest in
+eval mode) and ``gradual`` (frozen until an epoch, then the whole backbone at a lower rate), written as plainly,
+for ``bench/accuracy.py``. A backbone is a torchvision ResNet or VGG, or a timm EfficientNet (``source="timm"``:
+its ``blocks.N`` are the stages, its stem belongs to the first and ``conv_head``/``bn2`` to the last).
 """
 
 import copy
@@ -19,25 +24,32 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, models, transforms
 
 MODES = ("finetune", "feature_extract", "scratch")
+PLAIN_MODES = (*MODES, "partial", "gradual")
+FROZEN_AT_START = ("feature_extract", "partial", "gradual")
 PHASES = ("train", "val")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TUTORIAL_RESIZE_RATIO = 256 / 224  # the tutorial's Resize(256) + CenterCrop(224)
 
 
-def data_transforms(image_size: int = 224,
-                    resize_ratio: float = TUTORIAL_RESIZE_RATIO) -> dict[str, transforms.Compose]:
-    """Train: random resized crop and flip; val: resize to ``image_size * resize_ratio`` and centre crop."""
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+def data_transforms(image_size: int = 224, resize_ratio: float = TUTORIAL_RESIZE_RATIO,
+                    mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                    interpolation: str = "bilinear") -> dict[str, transforms.Compose]:
+    """Train: random resized crop and flip; val: resize to ``image_size * resize_ratio`` and centre crop.
+
+    ``mean``, ``std`` and ``interpolation`` are the weights' (ImageNet's and bilinear for torchvision's ResNets).
+    """
+    normalize = transforms.Normalize(mean, std)
+    resample = transforms.InterpolationMode(interpolation)
     return {
         "train": transforms.Compose([
-            transforms.RandomResizedCrop(image_size),
+            transforms.RandomResizedCrop(image_size, interpolation=resample),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             normalize,
         ]),
         "val": transforms.Compose([
-            transforms.Resize(round(image_size * resize_ratio)),
+            transforms.Resize(round(image_size * resize_ratio), interpolation=resample),
             transforms.CenterCrop(image_size),
             transforms.ToTensor(),
             normalize,
@@ -65,24 +77,43 @@ def replace_classifier(model: nn.Module, num_classes: int) -> str:
     return path
 
 
-def build_model(backbone: str, num_classes: int, mode: str,
-                weights_file: str | Path | None = None) -> tuple[nn.Module, str]:
+def build_model(backbone: str, num_classes: int, mode: str, weights_file: str | Path | None = None,
+                source: str = "torchvision") -> tuple[nn.Module, str]:
     """The backbone with a new classifier, set up for ``mode``; returns the model and its classifier's path.
 
-    ``finetune`` and ``feature_extract`` start from ``weights_file`` (a torchvision state dict) when
-    given; ``scratch`` always starts from random init. In ``feature_extract`` every backbone
-    parameter is frozen before the classifier is replaced, so only the new classifier trains.
+    Every mode but ``scratch`` starts from ``weights_file`` (a state dict of the torchvision or timm network,
+    ``source``) when given; ``scratch`` always starts from random init. In ``feature_extract`` (and at the start of
+    ``partial`` and ``gradual``) every backbone parameter is frozen before the classifier is replaced, so only the
+    new classifier trains.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}.")
-    model = models.get_model(backbone, weights=None)
+    if mode not in PLAIN_MODES:
+        raise ValueError(f"mode={mode!r} is not one of {', '.join(PLAIN_MODES)}.")
+    if source == "timm":
+        import timm
+
+        model = timm.create_model(backbone, pretrained=False)
+    else:
+        model = models.get_model(backbone, weights=None)
     if weights_file is not None and mode != "scratch":
         model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
-    if mode == "feature_extract":
+    if mode in FROZEN_AT_START:
         for param in model.parameters():
             param.requires_grad = False
-    path = replace_classifier(model, num_classes)
-    return model, path
+    if source == "timm":  # timm's own head replacement: a new Linear where pretrained_cfg says the classifier is
+        model.reset_classifier(num_classes)
+        return model, model.pretrained_cfg["classifier"]
+    return model, replace_classifier(model, num_classes)
+
+
+def top_stages(model: nn.Module, count: int) -> list[nn.Module]:
+    """The modules of the top ``count`` stages: a ResNet's layer1..layer4, a timm EfficientNet's blocks.N (its
+    conv_head and bn2, after the last block, belong to the last stage)."""
+    if hasattr(model, "blocks"):
+        stages = [[block] for block in model.blocks]
+        stages[-1] += [model.conv_head, model.bn2]
+    else:
+        stages = [[model.layer1], [model.layer2], [model.layer3], [model.layer4]]
+    return [module for stage in stages[len(stages) - count:] for module in stage]
 
 
 def seed_everything(seed: int) -> None:
@@ -111,6 +142,13 @@ def train_reference(
     device: str = "cpu",
     resize_ratio: float = TUTORIAL_RESIZE_RATIO,
     verbose: bool = True,
+    source: str = "torchvision",
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    interpolation: str = "bilinear",
+    trainable_stages: int = 2,
+    unfreeze_at_epoch: int = 5,
+    backbone_lr_ratio: float = 1.0,
 ) -> dict[str, Any]:
     """Train with the tutorial loop and return its timings and accuracies.
 
@@ -120,12 +158,13 @@ def train_reference(
     ``best_val_acc``, ``best_epoch`` (from 0, the first epoch reaching the best accuracy),
     ``final_val_acc``, ``history`` (per-epoch losses and accuracies), ``params_trainable`` and
     ``params_total``. The best val weights are loaded into the model before returning, as in the
-    tutorial.
+    tutorial. ``partial`` trains the top ``trainable_stages``; ``gradual`` unfreezes the whole backbone at
+    ``unfreeze_at_epoch``; both train the backbone at ``backbone_lr_ratio`` x the rate.
     """
     started = time.perf_counter()
     torch_device = torch.device(device)
     seed_everything(seed)
-    tfms = data_transforms(image_size, resize_ratio)
+    tfms = data_transforms(image_size, resize_ratio, mean, std, interpolation)
     image_datasets = {phase: datasets.ImageFolder(str(Path(data_root) / phase), tfms[phase]) for phase in PHASES}
     dataloaders = {
         phase: DataLoader(image_datasets[phase], batch_size=batch_size, shuffle=phase == "train",
@@ -135,12 +174,25 @@ def train_reference(
     dataset_sizes = {phase: len(image_datasets[phase]) for phase in PHASES}
     class_names = image_datasets["train"].classes
 
-    model, head_path = build_model(backbone, len(class_names), mode, weights_file)
+    model, head_path = build_model(backbone, len(class_names), mode, weights_file, source)
     model = model.to(torch_device)
     head = model.get_submodule(head_path)
+    # What trains in train mode while the rest of a partly frozen model stays in eval mode (see below).
+    training = [head, *(top_stages(model, trainable_stages) if mode == "partial" else [])]
+    for param in (p for module in training for p in module.parameters()):
+        param.requires_grad = True
     criterion = nn.CrossEntropyLoss()
-    # feature_extract: only the new classifier is handed to the optimizer, as in the tutorial.
-    params = head.parameters() if mode == "feature_extract" else model.parameters()
+    # feature_extract: only the new classifier is handed to the optimizer, as in the tutorial. partial and gradual:
+    # the backbone's parameters in a group of their own at the lower rate (a frozen one has no gradient, so SGD
+    # leaves it alone until it is unfrozen).
+    head_ids = {id(p) for p in head.parameters()}
+    backbone_params = [p for p in model.parameters() if id(p) not in head_ids]
+    if mode == "feature_extract":
+        params = head.parameters()
+    elif mode in FROZEN_AT_START:
+        params = [{"params": backbone_params, "lr": 0.001 * backbone_lr_ratio}, {"params": list(head.parameters())}]
+    else:
+        params = model.parameters()
     optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
 
@@ -156,15 +208,20 @@ def train_reference(
         for phase in PHASES:
             phase_started = time.perf_counter()
             if phase == "train":
+                if mode == "gradual" and epoch == unfreeze_at_epoch:  # the whole backbone joins from here
+                    for param in backbone_params:
+                        param.requires_grad = True
+                    training = [model]
                 model.train()
-                if mode == "feature_extract":
+                if mode in FROZEN_AT_START:
                     # The tutorial keeps the whole model in train mode here, so BatchNorm layers of the
                     # frozen backbone still normalise with batch statistics and update their running
                     # statistics. transferlab puts a frozen backbone in eval mode (its BatchNorm
                     # statistics never change); to compare like with like, do the same: everything
-                    # but the new classifier in eval mode.
+                    # but the new classifier (and what else trains) in eval mode.
                     model.eval()
-                    head.train()
+                    for module in training:
+                        module.train()
             else:
                 model.eval()
 

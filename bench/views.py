@@ -7,9 +7,17 @@ Every run is transferlab's ``mode=feature_extract`` from the same ``--weights`` 
 random one says nothing about accuracy; ``bench/pretrain_source.py`` makes one), with one data setting:
 ``fresh`` (``data.cache_views=null``: a new random crop and flip of every image every epoch, the backbone runs
 every epoch), ``K`` (``data.cache_views=K``: K augmented views per image computed once, each epoch draws one)
-or ``none`` (``data.augment=[]``: no augmentation, one exact view). Each run lasts ``--epochs``; the best val
-accuracy up to each of ``--report-epochs`` is read from its per-epoch history, and its wall time up to that
-epoch is the run's wall time less the later epochs' times.
+or ``none`` (``data.augment=[]``: no augmentation, one exact view), or any overrides (``data.cache_images=false``,
+``trainer.precision=bf16-mixed``, ``channels_last=true``): a speed switch that must not cost accuracy. Each run
+lasts ``--epochs``; the best val accuracy up to each of ``--report-epochs`` is read from its per-epoch history,
+and its wall time up to that epoch is the run's wall time less the later epochs' times.
+
+With real ImageNet weights (``--backbone tf_efficientnet_lite0``, the file of
+``transferlab.model.efficientnet_pytorch.write_lite0_weights``):
+
+    python bench/views.py --data ../shared/datasets/hymenoptera_data --backbone tf_efficientnet_lite0 \
+        --weights /tmp/lite0/tf_efficientnet_lite0.pth --epochs 25 --report-epochs 10 25 --seeds 0 1 2 \
+        --settings fresh 1 2 8 none data.cache_images=false trainer.precision=bf16-mixed channels_last=true
 """
 
 import argparse
@@ -27,11 +35,14 @@ from bench.compare import machine_info, machine_lines, run_transferlab
 
 
 def setting_overrides(setting: str) -> list[str]:
-    """The transferlab overrides of one data setting: fresh, none or a number of views."""
+    """The transferlab overrides of one setting: fresh, none, a number of views, or any ``key=value`` overrides
+    (space-separated, e.g. ``trainer.precision=bf16-mixed``) on top of the defaults."""
     if setting == "fresh":
         return ["data.cache_views=null"]
     if setting == "none":
         return ["data.augment=[]"]
+    if "=" in setting:
+        return setting.split()
     return [f"data.cache_views={int(setting)}"]
 
 
@@ -61,7 +72,8 @@ def summary_table(rows: list[dict], settings: list[str], report_epochs: list[int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--weights", type=Path, required=True, help="a pretrained torchvision state dict")
+    parser.add_argument("--weights", type=Path, required=True,
+                        help="a pretrained state dict of --backbone (a torchvision or timm name)")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--report-epochs", type=int, nargs="+", default=[10, 25])
