@@ -1,4 +1,4 @@
-"""transferlab: the best classifier a pretrained torchvision network can give an image folder.
+"""transferlab: the best classifier a pretrained network (torchvision or timm) can give an image folder.
 
 ``transferlab.fit``, ``transferlab.load`` (see :mod:`transferlab.api`) are imported on first use, so that
 ``import transferlab`` stays light.
