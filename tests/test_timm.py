@@ -289,3 +289,23 @@ def test_advise_ranks_timm_and_torchvision_backbones_in_one_table(tmp_path, lite
                                  f"backbone.name={LITE0_MODEL} backbone.weights={lite0_weights} "
                                  f"mode={first['mode']}" + (" mode.trainable_stages=3" if first["mode"] == "partial"
                                                             else ""))
+
+
+def test_frozen_stages_of_a_timm_network_run_in_eval_mode_dropout_included():
+    """A frozen stage's every module, parameter-less ones (dropout, ViT's pos_drop before the first block) too."""
+    import lightning.pytorch as pl
+
+    from transferlab.model.modes import FreezeBackbone
+    from transferlab.model.module import TransferClassifier
+
+    model = TransferClassifier("test_vit", ["a", "b"], weights=None, mode="partial", source="timm",
+                               mode_settings={"name": "partial", "trainable_stages": 1})
+    trainer = pl.Trainer(callbacks=[FreezeBackbone()], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False)
+    model.train()
+    trainer.callbacks[0].on_train_epoch_start(trainer, model)
+    frozen = [m for stage in model.stage_plan[:-1] for module in stage.stage.modules(model.backbone)
+              for m in module.modules()]
+    assert any(isinstance(m, torch.nn.Dropout) for m in frozen) and model.backbone.pos_drop in frozen
+    assert not any(m.training for m in frozen)
+    assert all(m.training for m in model.backbone.blocks[-1].modules()) and model.head.training
