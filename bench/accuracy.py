@@ -4,7 +4,7 @@
         --seeds 0 1 2 --jsonl /tmp/accuracy.jsonl
     python bench/accuracy.py --data ../shared/datasets/hymenoptera_data --modes finetune --epochs 5 \\
         --seeds 0 1 2 --jsonl /tmp/accuracy.jsonl
-    python bench/accuracy.py --table /tmp/accuracy.jsonl      # the table of every run so far
+    python bench/accuracy.py --table /tmp/accuracy.jsonl --markdown /tmp/accuracy.md   # every run so far
 
 The PyTorch tutorial trains ResNet-18 on the ants/bees photos from random init, fine-tuned and as a frozen feature
 extractor (published: 72.5%, 94.1%, 96.1%). Here the network is EfficientNet-Lite0 with its real ImageNet weights
@@ -112,6 +112,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_table(rows: list[dict[str, Any]], markdown: Path | None) -> None:
+    """Print the table, and write it to ``markdown`` when given."""
+    text = table(rows)
+    print(text)
+    if markdown:
+        markdown.write_text(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="image folder with train/ and val/")
@@ -129,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jsonl", type=Path, help="append each run here")
     parser.add_argument("--table", type=Path, help="print the table of the runs in this --jsonl file and stop")
+    parser.add_argument("--markdown", type=Path, help="write the table here too (every run in --jsonl, if given)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.table:
-        print(table(read_rows(args.table)))
+        write_table(read_rows(args.table), args.markdown)
         return 0
     if not args.data:
         parser.error("--data is required")
@@ -151,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.jsonl:
                     with args.jsonl.open("a") as out:
                         out.write(json.dumps(row) + "\n")
-    print(table(rows))
+    write_table(read_rows(args.jsonl) if args.jsonl else rows, args.markdown)
     return 0
 
 
