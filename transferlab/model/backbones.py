@@ -94,7 +94,6 @@ class BackboneSource(ABC):
     """Where backbones come from: one library's names, networks, weights, preprocessing and stages."""
 
     name: str
-    weights_names: str  # for messages: what the source's weights names are ("a torchvision weights name")
 
     @abstractmethod
     def models(self) -> list[str]:

@@ -43,7 +43,6 @@ def _timm() -> Any:
 
 class TimmSource(BackboneSource):
     name = "timm"
-    weights_names = "DEFAULT, a pretrained tag of the model, or hf-hub:ORG/REPO"
     listing = "python -c \"import timm; print(timm.list_models('PATTERN*'))\""
 
     def models(self) -> list[str]:

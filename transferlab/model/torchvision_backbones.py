@@ -26,7 +26,6 @@ FIXED_SIZE_FAMILIES = ("torchvision.models.vision_transformer",)  # ViT asserts 
 
 class TorchvisionSource(BackboneSource):
     name = "torchvision"
-    weights_names = "a torchvision weights name such as DEFAULT"
 
     def models(self) -> list[str]:
         return list_models(module=torchvision.models)
