@@ -30,7 +30,7 @@ from transferlab.data.sampling import stratified_sample
 from transferlab.errors import ConfigError
 from transferlab.files import write_json_atomically, write_text_atomically
 from transferlab.layout import ADVICE_JSON, ADVICE_MD
-from transferlab.model.backbones import BackboneSpec, source_of
+from transferlab.model.backbones import DEFAULT_SOURCE, BackboneSpec, source_of
 from transferlab.model.stages import WHOLE
 from transferlab.model.transferability import linear_probe_accuracy, logme
 from transferlab.run import advice as rule
@@ -63,7 +63,7 @@ def preset_for(backbone: BackboneSpec) -> tuple[str, dict]:
     """The conf/backbone/ choice a backbone is spelled from, and its values: its own preset (``resnet50``) where
     one exists for its source, else its source's (``torchvision``, ``timm``)."""
     own = backbone_group(backbone.name)
-    if own is not None and own.get("source", "torchvision") == backbone.source:
+    if own is not None and own.get("source", DEFAULT_SOURCE) == backbone.source:
         return backbone.name, own
     return backbone.source, backbone_group(backbone.source) or {}
 
